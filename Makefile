@@ -1,0 +1,55 @@
+# One-command setup. Every target creates .venv (with the exact versions of
+# constraints.txt) the first time, and reinstalls when a requirements file changes.
+#   make lab    open the notebooks in JupyterLab
+#   make test   lint, unit tests, then every notebook executed in smoke mode (CI runs this)
+#   make bench  the input-pipeline benchmark (prints a table, writes JSON)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints.txt
+# Seconds one notebook cell may run under nbval before the test fails.
+CELL_TIMEOUT ?= 600
+LINTED := cifar_helpers tests notebooks benchmarks
+
+.PHONY: install lab lint format test unit notebooks bench constraints clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python requirements.txt $(CONSTRAINTS) pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c $(CONSTRAINTS) -r requirements.txt -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: install
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+unit: install
+	$(BIN)/pytest tests
+
+notebooks: install
+	CIFAR_SMOKE=1 CIFAR_DATA=synthetic $(BIN)/pytest --nbval-lax \
+		--nbval-cell-timeout=$(CELL_TIMEOUT) notebooks/
+
+test: lint unit notebooks
+
+bench: install
+	$(BIN)/python benchmarks/pipeline_throughput.py
+
+# Re-pin constraints.txt from the current .venv (after `make install CONSTRAINTS=/dev/null`).
+constraints: install
+	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } \
+		> constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,84 @@
+"""Notebook lint: the house style that a reader and CI rely on (see STYLE.md)."""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The one home of the repository's address (tomllib is not in Python 3.10).
+REPOSITORY = re.search(
+    r'^Repository = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M
+).group(1)
+GITHUB = REPOSITORY.removeprefix("https://github.com/")
+
+
+def _read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def _source(cell):
+    return cell.source if isinstance(cell.source, str) else "".join(cell.source)
+
+
+def test_the_series_has_notebooks():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path):
+    for cell in _read(path).cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, _source(cell)[
+                :80
+            ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_with_its_numbered_title(path):
+    first = _read(path).cells[0]
+    assert first.cell_type == "markdown"
+    assert re.match(rf"# {path.name[:2]} · \S", _source(first)), _source(first)[:80]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_badge_points_at_this_notebook_in_the_repository(path):
+    first = _source(_read(path).cells[0])
+    badges = re.findall(
+        r"\(https://colab\.research\.google\.com/github/([^)]+)\)", first
+    )
+    assert badges == [f"{GITHUB}/blob/main/notebooks/{path.name}"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_exactly_one_parameters_cell(path):
+    tagged = [
+        cell
+        for cell in _read(path).cells
+        if "parameters" in cell.get("metadata", {}).get("tags", [])
+    ]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    assert "SMOKE" in _source(tagged[0])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_setup_installs_the_helpers_before_importing_them(path):
+    sources = [_source(c) for c in _read(path).cells if c.cell_type == "code"]
+    install = next(i for i, s in enumerate(sources) if "%pip install" in s)
+    first_import = next(i for i, s in enumerate(sources) if "cifar_helpers" in s)
+    assert install < first_import
+    command = sources[install]
+    assert '"google.colab" in sys.modules' in command
+    assert f"git+{REPOSITORY}" in command
+    assert " -U" not in command and "--upgrade" not in command
+    line = next(ln for ln in command.splitlines() if "%pip install" in ln)
+    words = line.split("install", 1)[1].replace('"', " ").split()
+    packages = [w for w in words if w[0] not in "-@" and not w.startswith("git+")]
+    assert packages == ["cifar-helpers"], "Colab's TensorFlow, Keras, NumPy stay"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_kernelspec_is_python3(path):
+    assert _read(path).metadata["kernelspec"]["name"] == "python3"
