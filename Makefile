@@ -10,6 +10,8 @@ CONSTRAINTS ?= constraints.txt
 # Seconds one notebook cell may run under nbval before the test fails.
 CELL_TIMEOUT ?= 600
 LINTED := cifar_helpers tests notebooks benchmarks
+# JupyterLab refuses to run as root (containers, some cloud machines) without this.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: install lab lint format test unit notebooks bench constraints clean
 
@@ -24,7 +26,7 @@ $(VENV)/.installed: $(BIN)/python requirements.txt $(CONSTRAINTS) pyproject.toml
 install: $(VENV)/.installed
 
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
 lint: install
 	$(BIN)/ruff check $(LINTED)
