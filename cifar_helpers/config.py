@@ -24,7 +24,7 @@ class RunConfig:
 
     def describe(self) -> str:
         """One line for a notebook's output, saying plainly what kind of run this is."""
-        mode = "SMOKE run (reduced data, few epochs)" if self.smoke else "full run"
+        mode = "SMOKE run (reduced data)" if self.smoke else "full run"
         data = self.data_source or "official CIFAR-100 archive"
         if self.data_source == "synthetic":
             data = "SYNTHETIC stand-in data (not CIFAR-100)"

@@ -146,3 +146,22 @@ def test_a_model_with_the_layer_takes_uint8_and_saves_and_loads(tmp_path, batch)
     np.testing.assert_allclose(
         loaded.predict(batch, verbose=0), model.predict(batch, verbose=0)
     )
+
+
+def test_the_layer_trains_inside_a_compiled_xla_fit(batch):
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3), dtype="uint8"),
+            augment.Augment(seed=0),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    history = model.fit(batch, np.arange(64) % 10, batch_size=32, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -64,6 +64,21 @@ def test_augmentation_is_mapped_over_batches_reproducibly(cifar):
     assert not np.array_equal(x0, x1)
 
 
+def test_augmentation_changes_from_epoch_to_epoch(cifar):
+    one_per_class = np.unique(cifar.y_train, return_index=True)[1]
+    x, y = cifar.x_train[one_per_class], cifar.y_train[one_per_class]
+
+    def two_epochs(augment_fn):
+        ds = data.make_dataset(x, y, batch_size=100, training=True, augment=augment_fn)
+        # Labels are unique, so sorting by label lines the two epochs up image by image.
+        return [bx[np.argsort(by)] for bx, by in (_batches(ds)[0], _batches(ds)[0])]
+
+    plain1, plain2 = two_epochs(None)
+    np.testing.assert_array_equal(plain1, plain2)
+    augmented1, augmented2 = two_epochs(augment.augment_batch)
+    assert not np.array_equal(augmented1, augmented2)
+
+
 def test_evaluation_data_is_never_augmented(cifar):
     with pytest.raises(ValueError, match="augment only training data"):
         data.make_dataset(
