@@ -141,13 +141,12 @@ class Augment(keras.layers.Layer):
     def __init__(self, padding=4, flip=True, cutout_size=8, seed=None, **kwargs):
         super().__init__(**kwargs)
         _check_arguments(padding, cutout_size)
-        self.padding, self.flip, self.cutout_size, self.seed = (
-            padding,
-            flip,
-            cutout_size,
-            seed,
-        )
+        self.padding = padding
+        self.flip = flip
+        self.cutout_size = cutout_size
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.input_spec = keras.layers.InputSpec(ndim=4)  # a batch B x H x W x C
 
     def call(self, images, training=None):
         images = keras.ops.cast(images, self.compute_dtype)

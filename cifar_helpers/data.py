@@ -172,11 +172,14 @@ def download_cifar100(*, cache_dir=None) -> Path:
         print(f"{target} had the wrong MD5 (moved to {aside.name}); downloading again.")
     datasets.mkdir(parents=True, exist_ok=True)
     try:
-        keras.utils.get_file(
-            fname=ARCHIVE_NAME,
-            origin=CIFAR100_URL,
-            cache_dir=str(_cache_root(cache_dir)),
-            cache_subdir="datasets",
+        # Keras falls back to /tmp/.keras when the cache is not writable: use its path.
+        target = Path(
+            keras.utils.get_file(
+                fname=ARCHIVE_NAME,
+                origin=CIFAR100_URL,
+                cache_dir=str(_cache_root(cache_dir)),
+                cache_subdir="datasets",
+            )
         )
     except Exception as error:
         raise DownloadError(

@@ -165,3 +165,8 @@ def test_the_layer_trains_inside_a_compiled_xla_fit(batch):
     )
     history = model.fit(batch, np.arange(64) % 10, batch_size=32, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_the_layer_rejects_a_single_image_asking_for_a_batch(batch):
+    with pytest.raises(ValueError, match="expected ndim=4, found ndim=3"):
+        augment.Augment()(batch[0])
