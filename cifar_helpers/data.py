@@ -382,6 +382,17 @@ def _stratified_pick(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     return np.sort(np.concatenate(picks))
 
 
+def _rows(data: Cifar100, part: str, index: np.ndarray, *, into: str | None = None):
+    """The images, fine and coarse labels of ``part`` at ``index``, as fields of
+    ``into`` (default ``part``): the three arrays of a split always move together."""
+    into = into or part
+    return {
+        f"x_{into}": getattr(data, f"x_{part}")[index],
+        f"y_{into}": getattr(data, f"y_{part}")[index],
+        f"y_{into}_coarse": getattr(data, f"y_{part}_coarse")[index],
+    }
+
+
 def with_validation_split(data: Cifar100, *, val_per_class: int = 20, seed: int = 0):
     """Move ``val_per_class`` training images of every class into a validation split.
 
@@ -396,13 +407,7 @@ def with_validation_split(data: Cifar100, *, val_per_class: int = 20, seed: int 
     val = _stratified_pick(data.y_train, val_per_class, seed)
     train = np.setdiff1d(np.arange(len(data.y_train)), val)
     return dataclasses.replace(
-        data,
-        x_train=data.x_train[train],
-        y_train=data.y_train[train],
-        y_train_coarse=data.y_train_coarse[train],
-        x_val=data.x_train[val],
-        y_val=data.y_train[val],
-        y_val_coarse=data.y_train_coarse[val],
+        data, **_rows(data, "train", train), **_rows(data, "train", val, into="val")
     )
 
 
@@ -421,12 +426,8 @@ def stratified_subset(
     test = _stratified_pick(data.y_test, test_per_class, seed)
     return dataclasses.replace(
         data,
-        x_train=data.x_train[train],
-        y_train=data.y_train[train],
-        y_train_coarse=data.y_train_coarse[train],
-        x_test=data.x_test[test],
-        y_test=data.y_test[test],
-        y_test_coarse=data.y_test_coarse[test],
+        **_rows(data, "train", train),
+        **_rows(data, "test", test),
         source=f"{data.source}, {train_per_class}/{test_per_class} per class",
     )
 
