@@ -48,7 +48,7 @@ test: lint unit notebooks
 bench: install
 	$(BIN)/python benchmarks/pipeline_throughput.py
 
-# Re-pin constraints.txt from the current .venv (after `make install CONSTRAINTS=/dev/null`).
+# Re-pin constraints.txt from .venv (after `make clean; make install CONSTRAINTS=/dev/null`).
 constraints: install
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } \
 		> constraints.new && mv constraints.new constraints.txt
