@@ -6,6 +6,7 @@ functions and close the figures. Introduced in notebook 01.
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 _CHANNELS = (("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue"))
 
@@ -106,5 +107,146 @@ def augmentation_rows(originals, augmented, *, labels=None):
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def map_grid(maps, titles=None, *, ncols: int = 6, cmap: str = "viridis", cell=1.8):
+    """A grid of 2-D float maps (``N x H x W``), each with its own colour scale."""
+    maps = [np.asarray(m) for m in maps]
+    nrows = -(-len(maps) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * cell, nrows * (cell + 0.3)), squeeze=False
+    )
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(maps):
+            ax.imshow(maps[i], cmap=cmap)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def dropblock_steps(feature, seeds, mask, output, *, block_size: int):
+    """DropBlock on one ``H x W`` map, step by step, in four panels.
+
+    ``seeds`` is the ``(H-b+1) x (W-b+1)`` seed map (1 at a block's top-left corner),
+    ``mask`` the ``H x W`` map of dropped units (1 = dropped), ``output`` the
+    rescaled result. The seed panel outlines the valid region.
+    """
+    feature, seeds, mask, output = (
+        np.asarray(a) for a in (feature, seeds, mask, output)
+    )
+    height, width = feature.shape
+    fig, axes = plt.subplots(1, 4, figsize=(11, 3.2))
+    axes[0].imshow(feature, cmap="viridis")
+    axes[0].set_title("1. input map")
+    placed = np.zeros((height, width))
+    placed[: seeds.shape[0], : seeds.shape[1]] = seeds
+    axes[1].imshow(placed, cmap="Greys", vmin=0, vmax=1)
+    axes[1].add_patch(
+        plt.Rectangle(
+            (-0.5, -0.5), seeds.shape[1], seeds.shape[0], fill=False, ec="tab:orange"
+        )
+    )
+    axes[1].set_title(f"2. seeds: {int(seeds.sum())} in the valid region", fontsize=9)
+    axes[2].imshow(mask, cmap="Greys", vmin=0, vmax=1)
+    axes[2].set_title(f"3. {block_size}x{block_size} blocks: {mask.mean():.0%} dropped")
+    axes[3].imshow(output, cmap="viridis")
+    axes[3].set_title("4. masked and rescaled")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def drop_rates(rows):
+    """Realised drop rate of both gammas against the target, one panel a keep_prob.
+
+    ``rows``: dicts with ``map``, ``block``, ``keep_prob``, ``exact`` and ``paper``
+    (realised drop fractions) and ``error`` (their standard error, for the bars).
+    """
+    keep_probs = sorted({row["keep_prob"] for row in rows}, reverse=True)
+    fig, axes = plt.subplots(
+        1, len(keep_probs), figsize=(6 * len(keep_probs), 3.6), squeeze=False
+    )
+    for ax, keep_prob in zip(axes[0], keep_probs, strict=True):
+        subset = [row for row in rows if row["keep_prob"] == keep_prob]
+        x = np.arange(len(subset))
+        for offset, key, colour in (
+            (-0.12, "exact", "tab:blue"),
+            (0.12, "paper", "tab:red"),
+        ):
+            ax.errorbar(
+                x + offset,
+                [row[key] for row in subset],
+                yerr=[2 * row["error"] for row in subset],
+                fmt="o",
+                color=colour,
+                label=f'gamma="{key}"',
+            )
+        ax.axhline(1 - keep_prob, color="black", ls="--", lw=1, label="target")
+        ax.set_xticks(x, [f"{row['map']}px\nb={row['block']}" for row in subset])
+        ax.set_ylabel("realised drop rate")
+        ax.set_title(f"keep_prob = {keep_prob} (bars: 2 standard errors)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def drop_heatmap(expected, observed):
+    """Two ``H x W`` maps side by side on one colour scale: predicted and measured
+    per-position drop probability."""
+    vmax = max(np.max(expected), np.max(observed))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, values, title in (
+        (axes[0], expected, "predicted"),
+        (axes[1], observed, "measured"),
+    ):
+        image = ax.imshow(values, cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(f"{title} (mean {np.mean(values):.3f})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes, shrink=0.8, label="drop probability")
+    return fig
+
+
+def keep_prob_schedule(epochs, values, *, observed=None):
+    """keep_prob per epoch: the schedule's line, and the values a run logged."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(epochs, values, label="schedule")
+    if observed is not None:
+        ax.plot(np.arange(len(observed)), observed, "o", label="logged by fit")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("keep_prob")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def history_comparison(histories, *, title: str = ""):
+    """Accuracy and loss curves of several runs: validation solid, training dashed.
+
+    ``histories`` maps a run's name to its ``History.history`` dict (``accuracy``,
+    ``val_accuracy``, ``loss``, ``val_loss``).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for index, (name, history) in enumerate(histories.items()):
+        colour = f"C{index}"
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
+            ax.plot(epochs, history[f"val_{metric}"], color=colour, label=name)
+            ax.plot(epochs, history[metric], color=colour, ls="--", alpha=0.6)
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: validation solid, training dashed")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -52,3 +52,71 @@ def test_augmentation_rows_puts_originals_first(cifar):
     x = cifar.x_train[:4]
     fig = plots.augmentation_rows(x, [x.astype(np.float32), x])
     assert len(fig.axes) == 12 and fig.axes[0].get_ylabel() == "original"
+
+
+def test_map_grid_has_a_panel_per_map_and_titles():
+    maps = np.random.default_rng(0).random((5, 8, 8))
+    fig = plots.map_grid(maps, [f"map {i}" for i in range(5)], ncols=3)
+    assert len(fig.axes) == 6
+    assert fig.axes[4].get_title() == "map 4" and not fig.axes[5].images
+
+
+def test_dropblock_steps_counts_seeds_and_the_dropped_share():
+    seeds = np.zeros((12, 12))
+    seeds[2, 3] = 1
+    mask = np.zeros((16, 16))
+    mask[2:7, 3:8] = 1
+    fig = plots.dropblock_steps(np.ones((16, 16)), seeds, mask, 1 - mask, block_size=5)
+    assert len(fig.axes) == 4
+    assert "1 in the valid region" in fig.axes[1].get_title()
+    assert f"{25 / 256:.0%} dropped" in fig.axes[2].get_title()
+    (outline,) = fig.axes[1].patches
+    assert (outline.get_width(), outline.get_height()) == (12, 12)
+
+
+def test_drop_rates_has_a_panel_per_keep_prob_with_the_target_line():
+    rows = [
+        {
+            "map": m,
+            "block": 3,
+            "keep_prob": kp,
+            "exact": 1 - kp,
+            "paper": 0.9 * (1 - kp),
+            "error": 0.001,
+        }
+        for m in (32, 16)
+        for kp in (0.9, 0.8)
+    ]
+    fig = plots.drop_rates(rows)
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes] == [
+        "keep_prob = 0.9",
+        "keep_prob = 0.8",
+    ]
+    target = fig.axes[1].lines[-1]
+    assert np.allclose(target.get_ydata(), 0.2)
+
+
+def test_drop_heatmap_shares_one_colour_scale():
+    expected = np.full((4, 4), 0.1)
+    observed = np.full((4, 4), 0.3)
+    fig = plots.drop_heatmap(expected, observed)
+    first, second = (ax.images[0] for ax in fig.axes[:2])
+    assert first.get_clim() == second.get_clim() == (0, 0.3)
+
+
+def test_keep_prob_schedule_draws_the_line_and_the_logged_points():
+    fig = plots.keep_prob_schedule([0, 1, 2], [1.0, 0.9, 0.8], observed=[1.0, 0.9])
+    line, points = fig.axes[0].lines
+    assert list(line.get_ydata()) == [1.0, 0.9, 0.8] and len(points.get_xdata()) == 2
+
+
+def test_history_comparison_draws_train_and_validation_for_each_run():
+    history = {"accuracy": [0.1, 0.2], "val_accuracy": [0.1, 0.15]}
+    history |= {"loss": [2.0, 1.5], "val_loss": [2.1, 1.9]}
+    fig = plots.history_comparison({"none": history, "DropBlock": history})
+    accuracy, loss = fig.axes
+    assert len(accuracy.lines) == len(loss.lines) == 4
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == [
+        "none",
+        "DropBlock",
+    ]
