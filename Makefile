@@ -2,7 +2,7 @@
 # constraints.txt) the first time, and reinstalls when a requirements file changes.
 #   make lab    open the notebooks in JupyterLab
 #   make test   lint, unit tests, then every notebook executed in smoke mode (CI runs this)
-#   make bench  the input-pipeline benchmark (prints a table, writes JSON)
+#   make bench  the benchmarks: input pipeline, then DropBlock's cost (tables + JSON)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,8 @@ LINTED := cifar_helpers tests notebooks benchmarks
 # JupyterLab refuses to run as root (containers, some cloud machines) without this.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: install lab lint format test unit notebooks bench constraints clean
+.PHONY: install lab lint format test unit notebooks bench bench-pipeline \
+	bench-dropblock constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +46,13 @@ notebooks: install
 
 test: lint unit notebooks
 
-bench: install
+bench: bench-pipeline bench-dropblock
+
+bench-pipeline: install
 	$(BIN)/python benchmarks/pipeline_throughput.py
+
+bench-dropblock: install
+	$(BIN)/python benchmarks/dropblock_cost.py
 
 # Re-pin constraints.txt from .venv (after `make clean; make install CONSTRAINTS=/dev/null`).
 constraints: install

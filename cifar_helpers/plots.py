@@ -214,11 +214,14 @@ def drop_heatmap(expected, observed):
 
 
 def keep_prob_schedule(epochs, values, *, observed=None):
-    """keep_prob per epoch: the schedule's line, and the values a run logged."""
+    """keep_prob per epoch: the schedule's line, and the values a run logged.
+
+    ``observed`` (optional) holds the logged values of the first epochs, in order.
+    """
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(epochs, values, label="schedule")
     if observed is not None:
-        ax.plot(np.arange(len(observed)), observed, "o", label="logged by fit")
+        ax.plot(list(epochs)[: len(observed)], observed, "o", label="logged by fit")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("keep_prob")
