@@ -13,14 +13,11 @@ Usage: python benchmarks/pipeline_throughput.py [--batches 200] [--repeats 3] [-
 """
 
 import argparse
-import json
-import os
-import platform
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from report import save
 
 from cifar_helpers import augment, data
 
@@ -94,18 +91,12 @@ def main():
         "batch_size": BATCH,
         "timed_batches": args.batches,
         "repeats": args.repeats,
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
     }
     print(
         f"(a) >= 80k img/s: {summary['a_at_least_80k']}; "
         f"(b) / max((c), (d)) = {summary['b_vs_best_of_c_d']:.2f}"
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    save(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -98,13 +98,8 @@ def _check_keep_prob(keep_prob):
         )
 
 
-def exact_gamma(height: int, width: int, block_size: int, keep_prob: float) -> float:
-    """Seed probability whose expected drop fraction is exactly ``1 - keep_prob``.
-
-    Computed in float64 with the same code the layer runs in the graph. Reference
-    values: ``exact_gamma(16, 16, 7, 0.8) = 0.012320``, ``exact_gamma(32, 32, 3,
-    0.9) = 0.013282``.
-    """
+def _checked_gamma(method, height, width, block_size, keep_prob) -> float:
+    """:func:`_gamma` in float64 for Python arguments, after checking them."""
     for name, value in (
         ("height", height),
         ("width", width),
@@ -112,8 +107,17 @@ def exact_gamma(height: int, width: int, block_size: int, keep_prob: float) -> f
     ):
         _check_size(name, value)
     _check_keep_prob(keep_prob)
-    gamma = _gamma("exact", height, width, block_size, keep_prob, tf.float64)
-    return float(gamma)
+    return float(_gamma(method, height, width, block_size, keep_prob, tf.float64))
+
+
+def exact_gamma(height: int, width: int, block_size: int, keep_prob: float) -> float:
+    """Seed probability whose expected drop fraction is exactly ``1 - keep_prob``.
+
+    Computed in float64 with the same code the layer runs in the graph. Reference
+    values: ``exact_gamma(16, 16, 7, 0.8) = 0.012320``, ``exact_gamma(32, 32, 3,
+    0.9) = 0.013282``.
+    """
+    return _checked_gamma("exact", height, width, block_size, keep_prob)
 
 
 def paper_gamma(height: int, width: int, block_size: int, keep_prob: float) -> float:
@@ -122,15 +126,7 @@ def paper_gamma(height: int, width: int, block_size: int, keep_prob: float) -> f
     ``b`` is clipped to the map, as in :func:`exact_gamma`. It ignores that blocks
     overlap, so the realised drop fraction falls short of ``1 - keep_prob``.
     """
-    for name, value in (
-        ("height", height),
-        ("width", width),
-        ("block_size", block_size),
-    ):
-        _check_size(name, value)
-    _check_keep_prob(keep_prob)
-    gamma = _gamma("paper", height, width, block_size, keep_prob, tf.float64)
-    return float(gamma)
+    return _checked_gamma("paper", height, width, block_size, keep_prob)
 
 
 def _row_coverage(length: int, block: int) -> np.ndarray:
@@ -162,23 +158,27 @@ def block_mask(seeds, block_size):
     ``i .. i+b-1`` and columns ``j .. j+b-1``. This is the readable form of what
     :class:`DropBlock` computes (which pools the complement, see there).
     """
-    before, after = _same_padding(block_size)
-    placed = tf.pad(seeds, [[0, 0], [after, before], [after, before], [0, 0]])
-    return _max_pool_same(placed, block_size)
+    return _max_pool_same(_place_seeds(seeds, block_size), block_size)
 
 
-def _same_padding(block_size):
-    """Rows a ``SAME`` max-pool of size ``b`` pads before and after its input."""
+def _place_seeds(seeds, block_size):
+    """Pad a valid-region seed map to ``H x W`` where :func:`_max_pool_same` needs it.
+
+    A ``SAME`` pool pads ``before = (b-1) // 2`` rows above its input and ``after =
+    b-1-before`` below; a seed at valid position ``i`` goes to row ``i + after``.
+    Padding is 0 (or False): never a seed.
+    """
     before = (block_size - 1) // 2
-    return before, block_size - 1 - before
+    after = block_size - 1 - before
+    return tf.pad(seeds, [[0, 0], [after, before], [after, before], [0, 0]])
 
 
 def _max_pool_same(values, block_size):
     """``b x b`` stride-1 ``SAME`` max-pool, separable: rows, then columns.
 
     Unit ``(r, c)`` of the output is the maximum over input rows ``r - before ..
-    r + after`` (and likewise columns), so a value placed at ``(i + after, j +
-    after)`` spreads over rows ``i .. i+b-1`` and columns ``j .. j+b-1``. Separable
+    r + after`` (and likewise columns), so a value placed by :func:`_place_seeds`
+    spreads over rows ``i .. i+b-1`` and columns ``j .. j+b-1``. Separable
     pooling costs ``2b`` comparisons a unit instead of ``b^2``.
     """
     rows = tf.raw_ops.MaxPoolV2(
@@ -254,20 +254,16 @@ class DropBlock(keras.layers.Layer):
         channels = 1 if self.shared_channels else shape[3]
         valid = [shape[0], height - block + 1, width - block + 1, channels]
         noise = keras.random.uniform(valid, dtype="float32", seed=self.seed_generator)
-        # Place the seeds so that a SAME max-pool spreads each over its b x b block
-        # (see _max_pool_same). Pooling the complement (0 at a seed, -1 elsewhere)
-        # gives -1 where a unit is kept and 0 where it is dropped, in one pass
-        # fewer than pooling the seeds and subtracting from 1.
-        before, after = _same_padding(block)
-        seeds = tf.pad(
-            noise < gamma, [[0, 0], [after, before], [after, before], [0, 0]]
-        )
+        seeds = _place_seeds(noise < gamma, block)
+        # Pool the complement of the seeds (0 at a seed, -1 elsewhere): the result
+        # is -1 where a unit is kept and 0 where it is dropped, one pass over the
+        # tensor fewer than pooling the seeds and subtracting them from 1.
         negative_keep = _max_pool_same(tf.where(seeds, 0.0, -1.0), block)
-        # Rescale by the kept fraction of the whole tensor, counted in float32:
-        # total / sum(keep) = -total / sum(negative_keep).
+        # Rescale by the kept fraction of the whole tensor, counted in float32.
+        # The scale is -total / kept, so -1 (kept) becomes total / kept.
         total = tf.cast(tf.size(negative_keep), tf.float32)
-        scale = tf.math.divide_no_nan(-total, tf.reduce_sum(negative_keep))
-        mask = tf.stop_gradient(negative_keep * -scale)
+        scale = tf.math.divide_no_nan(total, tf.reduce_sum(negative_keep))
+        mask = tf.stop_gradient(negative_keep * scale)
         return inputs * tf.cast(mask, inputs.dtype)
 
     def compute_output_shape(self, input_shape):

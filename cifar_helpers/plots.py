@@ -11,9 +11,11 @@ from matplotlib.ticker import MaxNLocator
 _CHANNELS = (("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue"))
 
 
-def image_grid(images, titles=None, *, ncols: int = 8, cell: float = 1.3):
-    """A grid of uint8 ``N x H x W x 3`` images, each with an optional title."""
-    images = np.asarray(images)
+def image_grid(images, titles=None, *, ncols: int = 8, cell: float = 1.3, cmap=None):
+    """A grid of uint8 ``N x H x W x 3`` images, each with an optional title.
+
+    2-D maps work too, drawn with ``cmap`` (each on its own colour scale).
+    """
     nrows = -(-len(images) // ncols)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(ncols * cell, nrows * (cell + 0.25)), squeeze=False
@@ -21,7 +23,7 @@ def image_grid(images, titles=None, *, ncols: int = 8, cell: float = 1.3):
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
-            ax.imshow(images[i])
+            ax.imshow(np.asarray(images[i]), cmap=cmap)
             if titles is not None:
                 ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
@@ -113,19 +115,7 @@ def augmentation_rows(originals, augmented, *, labels=None):
 
 def map_grid(maps, titles=None, *, ncols: int = 6, cmap: str = "viridis", cell=1.8):
     """A grid of 2-D float maps (``N x H x W``), each with its own colour scale."""
-    maps = [np.asarray(m) for m in maps]
-    nrows = -(-len(maps) // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * cell, nrows * (cell + 0.3)), squeeze=False
-    )
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(maps):
-            ax.imshow(maps[i], cmap=cmap)
-            if titles is not None:
-                ax.set_title(titles[i], fontsize=8)
-    fig.tight_layout()
-    return fig
+    return image_grid(maps, titles, ncols=ncols, cell=cell, cmap=cmap)
 
 
 def dropblock_steps(feature, seeds, mask, output, *, block_size: int):
