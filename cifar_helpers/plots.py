@@ -11,10 +11,13 @@ from matplotlib.ticker import MaxNLocator
 _CHANNELS = (("red", "tab:red"), ("green", "tab:green"), ("blue", "tab:blue"))
 
 
-def image_grid(images, titles=None, *, ncols: int = 8, cell: float = 1.3, cmap=None):
+def image_grid(
+    images, titles=None, *, ncols: int = 8, cell=1.3, cmap=None, vmin=None, vmax=None
+):
     """A grid of uint8 ``N x H x W x 3`` images, each with an optional title.
 
-    2-D maps work too, drawn with ``cmap`` (each on its own colour scale).
+    2-D maps work too, drawn with ``cmap``: each on its own colour scale, or all on
+    ``vmin .. vmax`` when given.
     """
     nrows = -(-len(images) // ncols)
     fig, axes = plt.subplots(
@@ -23,7 +26,7 @@ def image_grid(images, titles=None, *, ncols: int = 8, cell: float = 1.3, cmap=N
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
-            ax.imshow(np.asarray(images[i]), cmap=cmap)
+            ax.imshow(np.asarray(images[i]), cmap=cmap, vmin=vmin, vmax=vmax)
             if titles is not None:
                 ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
@@ -113,9 +116,12 @@ def augmentation_rows(originals, augmented, *, labels=None):
     return fig
 
 
-def map_grid(maps, titles=None, *, ncols: int = 6, cmap: str = "viridis", cell=1.8):
-    """A grid of 2-D float maps (``N x H x W``), each with its own colour scale."""
-    return image_grid(maps, titles, ncols=ncols, cell=cell, cmap=cmap)
+def map_grid(maps, titles=None, *, ncols=6, cmap="viridis", vmin=None, vmax=None):
+    """A grid of 2-D float maps (``N x H x W``), each on its own colour scale unless
+    ``vmin`` and ``vmax`` set one for all."""
+    return image_grid(
+        maps, titles, ncols=ncols, cell=1.8, cmap=cmap, vmin=vmin, vmax=vmax
+    )
 
 
 def dropblock_steps(feature, seeds, mask, output, *, block_size: int):
@@ -209,7 +215,7 @@ def keep_prob_schedule(epochs, values, *, observed=None):
     ``observed`` (optional) holds the logged values of the first epochs, in order.
     """
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(epochs, values, label="schedule")
+    ax.plot(epochs, values, "o-", label="schedule (fixed within an epoch)")
     if observed is not None:
         ax.plot(list(epochs)[: len(observed)], observed, "o", label="logged by fit")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -59,6 +59,13 @@ def test_map_grid_has_a_panel_per_map_and_titles():
     fig = plots.map_grid(maps, [f"map {i}" for i in range(5)], ncols=3)
     assert len(fig.axes) == 6
     assert fig.axes[4].get_title() == "map 4" and not fig.axes[5].images
+    assert fig.axes[0].images[0].get_clim() != fig.axes[1].images[0].get_clim()
+
+
+def test_map_grid_can_put_every_map_on_one_colour_scale():
+    maps = np.random.default_rng(0).random((3, 8, 8))
+    fig = plots.map_grid(maps, ncols=3, vmin=0, vmax=1)
+    assert {ax.images[0].get_clim() for ax in fig.axes} == {(0, 1)}
 
 
 def test_dropblock_steps_counts_seeds_and_the_dropped_share():
