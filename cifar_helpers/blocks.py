@@ -1,0 +1,72 @@
+"""Building blocks of the original series' networks, as Keras functional helpers.
+
+Each helper takes a tensor and returns a tensor, naming its layers after ``name``
+so that ``model.summary()`` reads like the original code. Settings follow the
+original TF1 code: batch norm with momentum 0.997 and epsilon 1e-5, convolutions
+and dense layers without biases (batch norm follows each one and has its own
+shift), Glorot-uniform ("Xavier") initial weights. Introduced in notebook 04.
+"""
+
+import keras
+
+from cifar_helpers.dropblock import DropBlock
+
+
+def batch_norm(name: str):
+    """Batch normalisation with the original's settings."""
+    return keras.layers.BatchNormalization(momentum=0.997, epsilon=1e-5, name=name)
+
+
+def conv_block(x, filters: int, *, kernel_size: int = 3, name: str):
+    """BN, ReLU, convolution, twice (the original part-7 ``run_conv_block``).
+
+    ``x`` is ``N x H x W x C``; the result is ``N x H x W x filters``. Normalising
+    and activating *before* each convolution is the "pre-activation" order.
+    """
+    for index in (1, 2):
+        x = batch_norm(f"{name}_bn{index}")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu{index}")(x)
+        x = keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            padding="same",
+            use_bias=False,
+            name=f"{name}_conv{index}",
+        )(x)
+    return x
+
+
+def residual_block(
+    x, filters: int, *, keep_prob: float = 1.0, block_size: int = 5, name: str
+):
+    """The original part-7 residual block: ``N x H x W x C -> N x H/2 x W/2 x filters``.
+
+    ``h1 = ReLU(conv_block(x))``, ``h2 = conv_block(h1)``, then ``ReLU(h1 + h2)``,
+    DropBlock and a 3x3 stride-2 max pool. The skip connection starts after the
+    first conv block, not at the block's input as in He et al.'s residual unit, so
+    the block can change the number of channels without a projection.
+    """
+    h1 = keras.layers.ReLU(name=f"{name}_relu1")(
+        conv_block(x, filters, name=f"{name}_block1")
+    )
+    h2 = conv_block(h1, filters, name=f"{name}_block2")
+    h = keras.layers.Add(name=f"{name}_add")([h1, h2])
+    h = keras.layers.ReLU(name=f"{name}_relu2")(h)
+    h = DropBlock(keep_prob, block_size, name=f"{name}_dropblock")(h)
+    return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(
+        h
+    )
+
+
+def dense_block(x, units: int, *, dropout: float, activation: bool = True, name: str):
+    """Dense (no bias), BN, optional ReLU, dropout: the original ``run_hidden_layer``.
+
+    ``x`` is ``N x F``; the result is ``N x units``.
+    """
+    x = keras.layers.Dense(units, use_bias=False, name=f"{name}_dense")(x)
+    x = batch_norm(f"{name}_bn")(x)
+    if activation:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x

@@ -1,0 +1,123 @@
+"""The original series' blocks and models: shapes, wiring, settings, sizes."""
+
+import keras
+import numpy as np
+import pytest
+
+from cifar_helpers import blocks, models
+from cifar_helpers.dropblock import DropBlock, dropblock_layers
+
+
+def _model(build, shape):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, build(inputs))
+
+
+def test_conv_block_keeps_the_map_and_sets_the_channels():
+    model = _model(lambda x: blocks.conv_block(x, 16, name="c"), (8, 6, 3))
+    assert model.output_shape == (None, 8, 6, 16)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(convs) == len(norms) == 2
+    assert not any(conv.use_bias for conv in convs)
+    assert all((bn.momentum, bn.epsilon) == (0.997, 1e-5) for bn in norms)
+
+
+def test_residual_block_halves_the_map_and_has_one_dropblock():
+    model = _model(
+        lambda x: blocks.residual_block(x, 8, block_size=3, name="r"), (16, 16, 4)
+    )
+    assert model.output_shape == (None, 8, 8, 8)
+    (dropblock,) = dropblock_layers(model)
+    assert dropblock.block_size == 3
+    assert float(keras.ops.convert_to_numpy(dropblock.keep_prob)) == 1.0
+
+
+def test_the_skip_connection_starts_after_the_first_conv_block():
+    # With the second conv block silenced, the block must reduce to
+    # pool(ReLU(h1 + 0)) = pool(h1), h1 being the first conv block after its ReLU.
+    model = _model(lambda x: blocks.residual_block(x, 8, name="r"), (8, 8, 4))
+    conv = model.get_layer("r_block2_conv2")
+    conv.set_weights([np.zeros_like(w) for w in conv.get_weights()])
+    h1 = keras.Model(model.input, model.get_layer("r_relu1").output)
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype("float32")
+    pooled = keras.layers.MaxPooling2D(3, strides=2, padding="same")(h1(x))
+    np.testing.assert_allclose(model(x), pooled, rtol=1e-6)
+
+
+def test_dense_block_has_no_bias_and_optional_relu_and_dropout():
+    model = _model(lambda x: blocks.dense_block(x, 6, dropout=0.5, name="d"), (4,))
+    assert not model.get_layer("d_dense").use_bias
+    assert model.get_layer("d_dropout").rate == 0.5
+    plain = _model(
+        lambda x: blocks.dense_block(x, 6, dropout=0.0, activation=False, name="d"),
+        (4,),
+    )
+    names = {layer.name for layer in plain.layers}
+    assert "d_relu" not in names and "d_dropout" not in names
+
+
+def test_the_full_size_seed_resnet_has_the_original_parameter_count():
+    conv = sum(
+        9 * c_in * c_out + 9 * c_out * c_out * 3
+        for c_in, c_out in zip((3, 128, 256, 512), (128, 256, 512, 1024), strict=True)
+    )
+    conv_norms = sum(
+        2 * (c_in + c_out) + 4 * c_out
+        for c_in, c_out in zip((3, 128, 256, 512), (128, 256, 512, 1024), strict=True)
+    )
+    dense = 2 * 4096 * 4096 + 2 * 2 * 4096 + 4096 * 100 + 2 * 100
+    model = models.seed_resnet()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == conv + conv_norms + dense == 77_791_822
+    assert len(dropblock_layers(model)) == 4
+
+
+def test_a_narrow_seed_resnet_maps_uint8_images_to_probabilities():
+    model = models.seed_resnet(widths=(4, 4, 8, 8), hidden=16)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    probabilities = keras.ops.convert_to_numpy(model(images))
+    assert probabilities.shape == (3, 100) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_the_input_is_scaled_to_minus_one_one_as_the_original():
+    model = models.seed_resnet(widths=(4, 4, 4, 4), hidden=8)
+    scale = keras.Model(model.input, model.get_layer("to_minus1_1").output)
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    images[0, 0, 0, 0] = 255
+    out = keras.ops.convert_to_numpy(scale(images))
+    assert (out.min(), out.max()) == (-1.0, 1.0)
+
+
+def test_a_narrow_seed_resnet_trains_and_survives_a_keras_round_trip(tmp_path):
+    model = models.seed_resnet(widths=(4, 4, 8, 8), hidden=16)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 100, 8)
+    history = model.fit(images, labels, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert all(isinstance(layer, DropBlock) for layer in dropblock_layers(loaded))
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"widths": (8, 8, 8)}, "widths=.*four stage widths"),
+        ({"widths": (8, 8, 0, 8)}, "widths=0"),
+        ({"hidden": 0}, "hidden=0"),
+    ],
+)
+def test_invalid_model_sizes_are_rejected_clearly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.seed_resnet(**kwargs)
