@@ -36,6 +36,24 @@ def conv_block(x, filters: int, *, kernel_size: int = 3, name: str):
     return x
 
 
+def cnn_block(x, filters: int, kernel_size: int, *, dropout: float, name: str):
+    """The original part-2 CNN block: ``N x H x W x C -> N x H/2 x W/2 x filters``.
+
+    BN, convolution, 2x2 max pool, BN, ReLU, dropout (the original's
+    ``run_conv_block`` of its first CNN).
+    """
+    x = batch_norm(f"{name}_bn1")(x)
+    x = keras.layers.Conv2D(
+        filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = keras.layers.MaxPooling2D(2, padding="same", name=f"{name}_pool")(x)
+    x = batch_norm(f"{name}_bn2")(x)
+    x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
 def residual_block(
     x, filters: int, *, keep_prob: float = 1.0, block_size: int = 5, name: str
 ):

@@ -7,14 +7,70 @@ needs no preprocessing outside it. Introduced in notebook 04.
 
 import keras
 
-from cifar_helpers.blocks import dense_block, residual_block
+from cifar_helpers.augment import Augment
+from cifar_helpers.blocks import cnn_block, dense_block, residual_block
 
 ORIGINAL_WIDTHS = (128, 256, 512, 1024)
+BASELINE_FILTERS = (64, 128, 256, 512)
+BASELINE_KERNELS = (7, 5, 3, 3)
 
 
 def _check_positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}={value!r}: use a whole number of at least 1.")
+
+
+def _scaled_inputs(augment: bool):
+    """uint8 image input, optional in-model augmentation, then the original's
+    scaling of pixels to [-1, 1]."""
+    inputs = keras.Input((32, 32, 3), dtype="uint8", name="images")
+    x = Augment(name="augment")(inputs) if augment else inputs
+    return inputs, keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")(x)
+
+
+def _head(x, hidden: int, classes: int, dropout: float):
+    """Flatten, two dense blocks, a dense + batch-norm output and a float32 softmax."""
+    x = keras.layers.Flatten(name="flatten")(x)
+    for index in (1, 2):
+        x = dense_block(x, hidden, dropout=dropout, name=f"fully_connected{index}")
+    x = dense_block(x, classes, dropout=0.0, activation=False, name="logits")
+    return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+
+
+def baseline_cnn(
+    *,
+    filters=BASELINE_FILTERS,
+    kernels=BASELINE_KERNELS,
+    hidden: int = 2048,
+    classes: int = 100,
+    conv_dropout: float = 0.15,
+    dropout: float = 0.5,
+    augment: bool = True,
+    name: str = "baseline_cnn",
+):
+    """The original series' first CNN (part 2), layer for layer.
+
+    Four :func:`~cifar_helpers.blocks.cnn_block`\\ s of ``filters`` filters with
+    ``kernels`` kernels (each halving the map: 32 to 2 pixels), dropout
+    ``conv_dropout`` after each (the original kept 85 %), then the same head as
+    :func:`seed_resnet` with ``hidden``-unit dense layers.
+    """
+    if len(filters) != 4 or len(kernels) != 4:
+        raise ValueError(
+            f"filters={filters!r}, kernels={kernels!r}: give four of each, like "
+            f"{BASELINE_FILTERS} and {BASELINE_KERNELS}."
+        )
+    for argument, value in [
+        ("hidden", hidden),
+        ("classes", classes),
+        *(("filters", f) for f in filters),
+        *(("kernels", k) for k in kernels),
+    ]:
+        _check_positive(argument, value)
+    inputs, x = _scaled_inputs(augment)
+    for index, (width, kernel) in enumerate(zip(filters, kernels, strict=True), 1):
+        x = cnn_block(x, width, kernel, dropout=conv_dropout, name=f"conv{index}")
+    return keras.Model(inputs, _head(x, hidden, classes, dropout), name=name)
 
 
 def seed_resnet(
@@ -24,6 +80,7 @@ def seed_resnet(
     classes: int = 100,
     block_size: int = 5,
     dropout: float = 0.5,
+    augment: bool = True,
     name: str = "seed_resnet",
 ):
     """The original part-7 residual network, layer for layer.
@@ -35,7 +92,9 @@ def seed_resnet(
     and a float32 softmax. DropBlocks start at keep_prob 1, for
     :class:`~cifar_helpers.dropblock.KeepProbSchedule` to lower. At full size
     (the defaults) it has 77,791,822 trainable parameters; smaller ``widths`` and
-    ``hidden`` build a narrow copy for smoke runs.
+    ``hidden`` build a narrow copy for smoke runs. With ``augment`` (the default,
+    as the original trained with augmentation) an :class:`~cifar_helpers.augment.
+    Augment` layer (crop, flip, cutout; the identity at inference) comes first.
     """
     if len(widths) != 4:
         raise ValueError(
@@ -47,15 +106,8 @@ def seed_resnet(
         *(("widths", w) for w in widths),
     ]:
         _check_positive(argument, value)
-    inputs = keras.Input((32, 32, 3), dtype="uint8", name="images")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
+    inputs, x = _scaled_inputs(augment)
     for index, filters in enumerate(widths, start=1):
         x = residual_block(x, filters, block_size=block_size, name=f"residual{index}")
-    x = keras.layers.Flatten(name="flatten")(x)
-    for index in (1, 2):
-        x = dense_block(x, hidden, dropout=dropout, name=f"fully_connected{index}")
-    x = dense_block(x, classes, dropout=0.0, activation=False, name="logits")
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(
-        x
-    )
+    outputs = _head(x, hidden, classes, dropout)
     return keras.Model(inputs, outputs, name=name)

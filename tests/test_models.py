@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cifar_helpers import blocks, models
+from cifar_helpers.augment import Augment
 from cifar_helpers.dropblock import DropBlock, dropblock_layers
 
 
@@ -121,3 +122,51 @@ def test_a_narrow_seed_resnet_trains_and_survives_a_keras_round_trip(tmp_path):
 def test_invalid_model_sizes_are_rejected_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.seed_resnet(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"filters": (8, 8, 8)}, "give four of each"),
+        ({"kernels": (3, 3, 0, 3)}, "kernels=0"),
+    ],
+)
+def test_invalid_baseline_sizes_are_rejected_clearly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.baseline_cnn(**kwargs)
+
+
+def test_cnn_block_halves_the_map_with_the_original_order():
+    model = _model(
+        lambda x: blocks.cnn_block(x, 8, 5, dropout=0.15, name="c"), (16, 16, 3)
+    )
+    assert model.output_shape == (None, 8, 8, 8)
+    kinds = [type(layer).__name__ for layer in model.layers[1:]]
+    assert kinds == [
+        "BatchNormalization",
+        "Conv2D",
+        "MaxPooling2D",
+        "BatchNormalization",
+        "ReLU",
+        "Dropout",
+    ]
+    assert model.get_layer("c_conv").kernel_size == (5, 5)
+
+
+def test_the_baseline_cnn_has_the_original_part_2_parameter_count():
+    filters, kernels = (64, 128, 256, 512), (7, 5, 3, 3)
+    c_ins = (3, *filters[:-1])
+    conv = sum(k * k * i * o for k, i, o in zip(kernels, c_ins, filters, strict=True))
+    norms = 2 * sum(c_ins) + 2 * sum(filters)
+    dense = 2 * 2048 * 2048 + 2 * 2 * 2048 + 2048 * 100 + 2 * 100
+    model = models.baseline_cnn()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == conv + norms + dense == 10_293_390
+    assert model.get_layer("conv1_dropout").rate == 0.15
+
+
+def test_models_augment_in_training_only_and_can_leave_it_out():
+    model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+    assert isinstance(model.get_layer("augment"), Augment)
+    plain = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8, augment=False)
+    assert "augment" not in {layer.name for layer in plain.layers}
