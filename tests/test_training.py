@@ -1,0 +1,132 @@
+"""The original recipe, its callbacks, and fit: values, wiring, a run and a resume."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+from cifar_helpers import data, models, training
+from cifar_helpers.dropblock import KeepProbSchedule
+
+
+def test_the_recipe_is_the_originals():
+    recipe = training.Recipe()
+    assert (recipe.learning_rate, recipe.decay_per_epoch) == (5e-4, 0.98)
+    assert (recipe.clip_global_norm, recipe.batch_size, recipe.epochs) == (100, 250, 75)
+    assert (recipe.keep_prob_final, recipe.keep_prob_per_epoch) == (0.8, 0.005)
+    assert recipe.keep_prob_epochs == 40 and recipe.patience == 10
+    assert recipe.monitor == "val_loss"  # the validation split, never the test set
+    assert recipe.learning_rate_at(3) == pytest.approx(5e-4 * 0.98**3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("learning_rate", 0, "learning_rate=0: use a value > 0"),
+        ("decay_per_epoch", 1.5, r"decay_per_epoch=1.5: use a factor in \(0, 1\]"),
+        ("batch_size", 2.5, "batch_size=2.5: use a whole number >= 1"),
+        ("keep_prob_final", 0, r"keep_prob_final=0: use a value in \(0, 1\]"),
+    ],
+)
+def test_invalid_recipes_name_the_setting(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        training.Recipe(**{field: value})
+
+
+def test_compile_uses_adam_with_global_norm_clipping():
+    model = training.compile_model(models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8))
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert model.optimizer.global_clipnorm == 100
+    assert float(model.optimizer.learning_rate) == pytest.approx(5e-4)
+
+
+def test_every_callback_is_wired_to_the_validation_split(tmp_path):
+    model = models.seed_resnet(widths=(4, 4, 4, 4), hidden=8)
+    chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
+    assert set(chosen) == {
+        "BackupAndRestore",
+        "ModelCheckpoint",
+        "EarlyStopping",
+        "LearningRateScheduler",
+        "CSVLogger",
+        "TerminateOnNaN",
+        "KeepProbSchedule",
+        "TensorBoard",
+    }
+    assert chosen["ModelCheckpoint"].monitor == "val_loss"
+    assert chosen["ModelCheckpoint"].save_best_only
+    stop = chosen["EarlyStopping"]
+    assert (stop.monitor, stop.patience, stop.restore_best_weights) == (
+        "val_loss",
+        10,
+        True,
+    )
+    assert chosen["KeepProbSchedule"].duration == 40
+
+
+def test_a_model_without_dropblock_gets_no_keep_prob_schedule(tmp_path):
+    model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+    chosen = training.callbacks(model, tmp_path, tensorboard=False)
+    assert not any(isinstance(c, KeepProbSchedule) for c in chosen)
+
+
+def _datasets(cifar):
+    split = data.with_validation_split(cifar, val_per_class=2, seed=0)
+    train = data.make_dataset(
+        split.x_train, split.y_train, batch_size=100, training=True
+    )
+    val = data.make_dataset(split.x_val, split.y_val, batch_size=100, training=False)
+    return train, val
+
+
+def _narrow_resnet():
+    keras.utils.set_random_seed(0)
+    return training.compile_model(models.seed_resnet(widths=(4, 4, 8, 8), hidden=16))
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_runs_the_recipe_and_writes_the_run_folder(cifar, tmp_path):
+    train, val = _datasets(cifar)
+    history = training.fit(_narrow_resnet(), train, val, tmp_path, epochs=2, verbose=0)
+    logged = history.history
+    assert logged["learning_rate"] == pytest.approx([5e-4, 5e-4 * 0.98])
+    assert logged["keep_prob"] == pytest.approx([1.0, 0.995])
+    assert {"val_loss", "val_accuracy", "val_top5"} <= set(logged)
+    assert np.all(np.isfinite(logged["loss"]))
+    assert (tmp_path / "best.keras").is_file()
+    assert len(_rows(tmp_path / "history.csv")) == 2
+    assert any((tmp_path / "logs").iterdir())
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if the session died after epoch 1
+
+
+def test_a_resumed_run_continues_from_its_last_finished_epoch(cifar, tmp_path):
+    train, val = _datasets(cifar)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(
+            _narrow_resnet(),
+            train,
+            val,
+            tmp_path,
+            epochs=3,
+            verbose=0,
+            tensorboard=False,
+            extra_callbacks=[_Interrupt()],
+        )
+    resumed = training.fit(
+        _narrow_resnet(), train, val, tmp_path, epochs=3, verbose=0, tensorboard=False
+    )
+    assert resumed.history["learning_rate"] == pytest.approx(
+        [5e-4 * 0.98, 5e-4 * 0.98**2]
+    )
+    assert resumed.history["keep_prob"] == pytest.approx([0.995, 0.99])
+    assert [row["epoch"] for row in _rows(tmp_path / "history.csv")] == ["0", "1", "2"]
