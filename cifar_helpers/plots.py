@@ -249,3 +249,30 @@ def history_comparison(histories, *, title: str = ""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def training_curves(history, *, title: str = ""):
+    """Accuracy, loss, learning rate and keep_prob per epoch of one run.
+
+    ``history`` maps a metric to its per-epoch values (``History.history``, or the
+    run's ``history.json``); panels whose metric is missing are left empty.
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(axes[:2], ("accuracy", "loss"), strict=True):
+        ax.plot(epochs, history[metric], label="training")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], label="validation")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    for ax, metric in zip(axes[2:], ("learning_rate", "keep_prob"), strict=True):
+        if metric in history:
+            ax.plot(epochs, history[metric], "o-", markersize=3)
+        ax.set_title(metric)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

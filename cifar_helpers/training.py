@@ -10,6 +10,7 @@ notebook 04.
 """
 
 import dataclasses
+import time
 from pathlib import Path
 
 import keras
@@ -62,6 +63,17 @@ class Recipe:
 ORIGINAL = Recipe()
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Log each epoch's wall time (training and validation) as ``epoch_seconds``."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
 def compile_model(model, recipe: Recipe = ORIGINAL):
     """Compile ``model`` (probabilities out) with the recipe's optimizer and loss.
 
@@ -94,11 +106,21 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
     - :class:`~cifar_helpers.dropblock.KeepProbSchedule`, when the model has
       DropBlock layers (logged as ``keep_prob``);
     - ``TensorBoard`` (``run_dir/logs``), ``CSVLogger`` (``run_dir/history.csv``,
-      appended to on resume) and ``TerminateOnNaN``.
+      appended to on resume), ``TerminateOnNaN`` and :class:`EpochTimer`.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The callbacks that add to an epoch's logs come first, so that the CSV log,
+    # the checkpoints and TensorBoard see their values.
     chosen = [
+        EpochTimer(),
+        keras.callbacks.LearningRateScheduler(recipe.learning_rate_at),
+    ]
+    if dropblock_layers(model):
+        chosen.append(
+            KeepProbSchedule(recipe.keep_prob_final, duration=recipe.keep_prob_epochs)
+        )
+    chosen += [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "best.keras"), monitor=recipe.monitor, save_best_only=True
@@ -108,14 +130,9 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
             patience=recipe.patience,
             restore_best_weights=True,
         ),
-        keras.callbacks.LearningRateScheduler(recipe.learning_rate_at),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
-    if dropblock_layers(model):
-        chosen.append(
-            KeepProbSchedule(recipe.keep_prob_final, duration=recipe.keep_prob_epochs)
-        )
     if tensorboard:
         chosen.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))
     return chosen

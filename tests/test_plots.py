@@ -127,3 +127,19 @@ def test_history_comparison_draws_train_and_validation_for_each_run():
         "none",
         "DropBlock",
     ]
+
+
+def test_training_curves_show_both_splits_and_the_schedules():
+    history = {"accuracy": [0.1, 0.2], "val_accuracy": [0.1, 0.15]}
+    history |= {"loss": [2.0, 1.5], "val_loss": [2.1, 1.9]}
+    history |= {"learning_rate": [5e-4, 4.9e-4], "keep_prob": [1.0, 0.995]}
+    fig = plots.training_curves(history, title="run")
+    accuracy, loss, rate, keep = fig.axes
+    assert len(accuracy.lines) == len(loss.lines) == 2
+    assert list(keep.lines[0].get_ydata()) == [1.0, 0.995] and rate.lines
+
+
+def test_training_curves_leave_missing_schedules_empty():
+    history = {"accuracy": [0.1], "loss": [2.0]}
+    fig = plots.training_curves(history)
+    assert not fig.axes[3].lines and len(fig.axes[0].lines) == 1

@@ -45,6 +45,7 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
     model = models.seed_resnet(widths=(4, 4, 4, 4), hidden=8)
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
     assert set(chosen) == {
+        "EpochTimer",
         "BackupAndRestore",
         "ModelCheckpoint",
         "EarlyStopping",
@@ -97,9 +98,12 @@ def test_fit_runs_the_recipe_and_writes_the_run_folder(cifar, tmp_path):
     assert logged["learning_rate"] == pytest.approx([5e-4, 5e-4 * 0.98])
     assert logged["keep_prob"] == pytest.approx([1.0, 0.995])
     assert {"val_loss", "val_accuracy", "val_top5"} <= set(logged)
+    assert all(seconds > 0 for seconds in logged["epoch_seconds"])
     assert np.all(np.isfinite(logged["loss"]))
     assert (tmp_path / "best.keras").is_file()
-    assert len(_rows(tmp_path / "history.csv")) == 2
+    rows = _rows(tmp_path / "history.csv")
+    assert len(rows) == 2
+    assert {"learning_rate", "keep_prob", "epoch_seconds", "val_loss"} <= set(rows[0])
     assert any((tmp_path / "logs").iterdir())
 
 

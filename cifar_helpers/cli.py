@@ -1,0 +1,248 @@
+"""``python -m cifar_helpers train|evaluate``: the notebooks' recipe, headless.
+
+``train`` builds a model, trains it with :func:`cifar_helpers.training.fit` and
+writes a run folder; running the same command again resumes an interrupted run (or
+reports a finished one). ``evaluate`` scores a run's saved model on the test set.
+Introduced in notebook 04.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("baseline_cnn", "seed_resnet")
+# Narrow copies for smoke runs: the same layers, a few filters each.
+SMOKE_SIZES = {
+    "baseline_cnn": {"filters": (8, 8, 16, 16), "hidden": 64},
+    "seed_resnet": {"widths": (8, 8, 16, 16), "hidden": 64},
+}
+SMOKE_EPOCHS = 2
+
+
+class RunError(ValueError):
+    """A run folder or argument that cannot be used; the message says why."""
+
+
+def _write_atomic(path: Path, text: str):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _settings(args) -> dict:
+    """What makes two runs the same run: a resume must match these exactly."""
+    return {
+        "model": args.model,
+        "data": args.data or "official CIFAR-100 archive",
+        "smoke": args.smoke,
+        "epochs": args.epochs,
+    }
+
+
+def _check_run_folder(run_dir: Path, settings: dict):
+    recorded = run_dir / "run.json"
+    if recorded.is_file():
+        previous = json.loads(recorded.read_text())
+        if previous != settings:
+            raise RunError(
+                f"{run_dir} holds a run with other settings ({previous}); this "
+                f"command asks for {settings}. Use another --out folder, or repeat "
+                "the original command to resume that run."
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(recorded, json.dumps(settings, indent=2))
+
+
+def _load_split(args):
+    from cifar_helpers import data
+
+    cifar = data.load_cifar100(args.data)
+    if args.smoke:
+        cifar = data.stratified_subset(
+            cifar, train_per_class=30, test_per_class=10, seed=0
+        )
+    return data.with_validation_split(
+        cifar, val_per_class=10 if args.smoke else 20, seed=0
+    )
+
+
+def _build(name: str, smoke: bool):
+    from cifar_helpers import models
+
+    return getattr(models, name)(**(SMOKE_SIZES[name] if smoke else {}))
+
+
+def _history(run_dir: Path) -> dict:
+    """The whole run's per-epoch log, resumed parts included (from history.csv)."""
+    import csv
+
+    with open(run_dir / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
+
+
+def _environment() -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import cifar_helpers
+
+    return {
+        "versions": {
+            "cifar_helpers": cifar_helpers.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "hardware": {
+            "machine": platform.platform(),
+            "cpus": os.cpu_count(),
+            "gpus": [
+                tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+                for gpu in tf.config.list_physical_devices("GPU")
+            ],
+        },
+    }
+
+
+def _score(model, split, batch_size: int) -> dict:
+    from cifar_helpers import data
+
+    test = data.make_dataset(
+        split.x_test, split.y_test, batch_size=batch_size, training=False
+    )
+    scores = model.evaluate(test, return_dict=True, verbose=0)
+    return {
+        "test_accuracy": scores["accuracy"],
+        "test_top5": scores["top5"],
+        "test_loss": scores["loss"],
+    }
+
+
+def train(args) -> dict:
+    """Train (or resume) a run and write its folder; returns results.json's dict."""
+    run_dir = Path(args.out)
+    settings = _settings(args)
+    _check_run_folder(run_dir, settings)
+    results_path = run_dir / "results.json"
+    if results_path.is_file():
+        print(f"{run_dir} already holds a finished run; its results:")
+        return json.loads(results_path.read_text())
+
+    from cifar_helpers import data, plots, training
+
+    split = _load_split(args)
+    print(split.summary())
+    recipe = training.Recipe(
+        epochs=args.epochs or (SMOKE_EPOCHS if args.smoke else training.Recipe.epochs)
+    )
+    model = training.compile_model(_build(args.model, args.smoke), recipe)
+    train_ds = data.make_dataset(
+        split.x_train, split.y_train, batch_size=recipe.batch_size, training=True
+    )
+    val_ds = data.make_dataset(
+        split.x_val, split.y_val, batch_size=recipe.batch_size, training=False
+    )
+    start = time.perf_counter()
+    training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=1)
+    wall = time.perf_counter() - start
+
+    history = _history(run_dir)
+    model_path = run_dir / "model.keras"
+    partial = run_dir / "model.partial.keras"
+    model.save(partial)
+    os.replace(partial, model_path)
+    _write_atomic(run_dir / "history.json", json.dumps(history, indent=2))
+    figure = plots.training_curves(history, title=f"{args.model}: {split.source}")
+    figure.savefig(run_dir / "curves.png", dpi=100)
+    seconds = history["epoch_seconds"]
+    typical = statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+    results = {
+        **_score(model, split, recipe.batch_size),
+        "epochs_run": len(history["loss"]),
+        "wall_seconds_this_session": wall,
+        "images_per_second": len(split.y_train) / typical,
+        "data": split.source,
+        "synthetic": split.synthetic,
+        "smoke": args.smoke,
+        "command": shlex.join(["python", "-m", "cifar_helpers", *args.argv]),
+        **_environment(),
+    }
+    _write_atomic(results_path, json.dumps(results, indent=2))
+    return results
+
+
+def evaluate(args) -> dict:
+    """Test accuracy (top-1, top-5) and loss of a run's saved model."""
+    import keras
+
+    run_dir = Path(args.run_dir)
+    model_path = run_dir / "model.keras"
+    recorded = run_dir / "run.json"
+    if not model_path.is_file() or not recorded.is_file():
+        raise RunError(
+            f"{run_dir}: no finished run here (model.keras and run.json are missing). "
+            "Pass the --out folder of a `train` command that finished."
+        )
+    settings = json.loads(recorded.read_text())
+    official = settings["data"] == "official CIFAR-100 archive"
+    source = None if official else settings["data"]
+    split = _load_split(argparse.Namespace(data=source, smoke=settings["smoke"]))
+    model = keras.saving.load_model(model_path)
+    return _score(model, split, batch_size=250)
+
+
+def _parser():
+    from cifar_helpers import config
+
+    run = config.from_env()
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_helpers", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    t = commands.add_parser("train", help="train a model and write a run folder")
+    t.add_argument("--model", required=True, choices=MODELS)
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/seed_resnet")
+    t.add_argument("--epochs", type=int, help="default: 75, or 2 with --smoke")
+    t.add_argument(
+        "--data",
+        default=run.data_source,
+        help="'synthetic' or an archive path (default: $CIFAR_DATA, else the official "
+        "archive)",
+    )
+    t.add_argument(
+        "--smoke",
+        action=argparse.BooleanOptionalAction,
+        default=run.smoke,
+        help="a reduced subset and a narrow model (default: $CIFAR_SMOKE)",
+    )
+    e = commands.add_parser("evaluate", help="test accuracy and loss of a run")
+    e.add_argument("run_dir", help="the --out folder of a finished train command")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    if getattr(args, "epochs", None) is not None and args.epochs < 1:
+        _parser().error(f"--epochs {args.epochs}: use a whole number of at least 1")
+    from cifar_helpers.data import DatasetError
+
+    try:
+        results = train(args) if args.command == "train" else evaluate(args)
+    except (RunError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key in ("test_accuracy", "test_top5", "test_loss"):
+        print(f"{key:14s} {results[key]:.4f}")
+    return 0

@@ -1,0 +1,93 @@
+"""python -m cifar_helpers train / evaluate, end to end on the synthetic archive."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cifar_helpers import cli
+
+SMOKE = ["--data", "synthetic", "--smoke", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "seed_resnet"
+    argv = ["train", "--model", "seed_resnet", "--out", str(out), *SMOKE]
+    assert cli.main(argv) == 0
+    return out, argv
+
+
+def test_train_writes_the_whole_run_folder(finished_run):
+    out, _ = finished_run
+    for name in (
+        "model.keras",
+        "history.csv",
+        "history.json",
+        "curves.png",
+        "run.json",
+    ):
+        assert (out / name).is_file(), name
+    assert any((out / "logs").iterdir())
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 2 and history["keep_prob"] == [1.0, 0.995]
+
+
+def test_results_record_scores_speed_command_and_environment(finished_run):
+    out, argv = finished_run
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["test_accuracy"] <= results["test_top5"] <= 1
+    assert results["epochs_run"] == 2 and results["images_per_second"] > 0
+    assert results["synthetic"] and results["smoke"]
+    assert results["command"].endswith(" ".join(argv[1:]))
+    assert {"tensorflow", "keras", "cifar_helpers"} <= set(results["versions"])
+    assert results["hardware"]["cpus"] >= 1
+
+
+def test_evaluate_scores_the_saved_model_as_train_did(finished_run, capsys):
+    out, _ = finished_run
+    results = json.loads((out / "results.json").read_text())
+    assert cli.main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"test_accuracy  {results['test_accuracy']:.4f}" in printed
+    assert "test_top5" in printed and "test_loss" in printed
+
+
+def test_the_same_command_again_reports_the_finished_run(finished_run, capsys):
+    out, argv = finished_run
+    assert cli.main(argv) == 0
+    assert "already holds a finished run" in capsys.readouterr().out
+
+
+def test_a_run_folder_of_another_model_is_refused(finished_run, capsys):
+    out, _ = finished_run
+    argv = ["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]
+    assert cli.main(argv) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+
+def test_evaluate_without_a_finished_run_says_so(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert "no finished run here" in capsys.readouterr().err
+
+
+def test_invalid_arguments_get_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--model", "vgg", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "invalid choice: 'vgg'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["train", "--model", "seed_resnet", "--out", str(tmp_path), "--epochs", "0"]
+        )
+    assert "--epochs 0" in capsys.readouterr().err
+
+
+def test_the_module_runs_with_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "cifar_helpers", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--model {baseline_cnn,seed_resnet}" in done.stdout
