@@ -111,3 +111,25 @@ def seed_resnet(
         x = residual_block(x, filters, block_size=block_size, name=f"residual{index}")
     outputs = _head(x, hidden, classes, dropout)
     return keras.Model(inputs, outputs, name=name)
+
+
+def macs_per_image(model) -> int:
+    """Multiply-accumulates of one image's forward pass through ``model``.
+
+    Counts the layers that dominate: ``Conv2D`` (output pixels x kernel area x input
+    channels x filters) and ``Dense`` (inputs x units), nested models included;
+    batch norm, activations, pooling and DropBlock add comparatively little and are
+    left out. A training step costs about three times this (forward, and the two
+    products of the backward pass).
+    """
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, filters = layer.output.shape
+            kernel_h, kernel_w = layer.kernel_size
+            total += (
+                height * width * kernel_h * kernel_w * layer.input.shape[-1] * filters
+            )
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return int(total)

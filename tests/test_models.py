@@ -170,3 +170,20 @@ def test_models_augment_in_training_only_and_can_leave_it_out():
     assert isinstance(model.get_layer("augment"), Augment)
     plain = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8, augment=False)
     assert "augment" not in {layer.name for layer in plain.layers}
+
+
+def test_macs_count_convolutions_and_dense_layers_by_hand():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    assert models.macs_per_image(model) == 8 * 8 * 9 * 3 * 4 + 8 * 8 * 4 * 10
+
+
+def test_the_seed_resnet_costs_about_2_1_giga_macs_per_image():
+    widths = models.ORIGINAL_WIDTHS
+    stages = zip((32, 16, 8, 4), (3, *widths[:-1]), widths, strict=True)
+    convs = sum(s * s * 9 * (c_in * c + 3 * c * c) for s, c_in, c in stages)
+    dense = 2 * 4096 * 4096 + 4096 * 100
+    macs = models.macs_per_image(models.seed_resnet())
+    assert macs == convs + dense and round(macs / 1e9, 1) == 2.1
