@@ -11,20 +11,29 @@ import keras
 
 from cifar_helpers.dropblock import DropBlock
 
-
-def batch_norm(name: str):
-    """Batch normalisation with the original's settings."""
-    return keras.layers.BatchNormalization(momentum=0.997, epsilon=1e-5, name=name)
+ORIGINAL_MOMENTUM = 0.997
 
 
-def conv_block(x, filters: int, *, kernel_size: int = 3, name: str):
+def batch_norm(name: str, momentum: float = ORIGINAL_MOMENTUM):
+    """Batch normalisation with the original's settings.
+
+    ``momentum`` weighs the old running mean and variance (used at inference)
+    against each batch's: 0.997 averages over roughly the last 300 batches, so a
+    short smoke run needs a lower value for its inference statistics to settle.
+    """
+    return keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name)
+
+
+def conv_block(
+    x, filters: int, *, kernel_size: int = 3, momentum=ORIGINAL_MOMENTUM, name: str
+):
     """BN, ReLU, convolution, twice (the original part-7 ``run_conv_block``).
 
     ``x`` is ``N x H x W x C``; the result is ``N x H x W x filters``. Normalising
     and activating *before* each convolution is the "pre-activation" order.
     """
     for index in (1, 2):
-        x = batch_norm(f"{name}_bn{index}")(x)
+        x = batch_norm(f"{name}_bn{index}", momentum)(x)
         x = keras.layers.ReLU(name=f"{name}_relu{index}")(x)
         x = keras.layers.Conv2D(
             filters,
@@ -36,18 +45,20 @@ def conv_block(x, filters: int, *, kernel_size: int = 3, name: str):
     return x
 
 
-def cnn_block(x, filters: int, kernel_size: int, *, dropout: float, name: str):
+def cnn_block(
+    x, filters, kernel_size, *, dropout: float, momentum=ORIGINAL_MOMENTUM, name: str
+):
     """The original part-2 CNN block: ``N x H x W x C -> N x H/2 x W/2 x filters``.
 
     BN, convolution, 2x2 max pool, BN, ReLU, dropout (the original's
     ``run_conv_block`` of its first CNN).
     """
-    x = batch_norm(f"{name}_bn1")(x)
+    x = batch_norm(f"{name}_bn1", momentum)(x)
     x = keras.layers.Conv2D(
         filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
     x = keras.layers.MaxPooling2D(2, padding="same", name=f"{name}_pool")(x)
-    x = batch_norm(f"{name}_bn2")(x)
+    x = batch_norm(f"{name}_bn2", momentum)(x)
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
@@ -55,7 +66,13 @@ def cnn_block(x, filters: int, kernel_size: int, *, dropout: float, name: str):
 
 
 def residual_block(
-    x, filters: int, *, keep_prob: float = 1.0, block_size: int = 5, name: str
+    x,
+    filters: int,
+    *,
+    keep_prob: float = 1.0,
+    block_size: int = 5,
+    momentum=ORIGINAL_MOMENTUM,
+    name: str,
 ):
     """The original part-7 residual block: ``N x H x W x C -> N x H/2 x W/2 x filters``.
 
@@ -65,9 +82,9 @@ def residual_block(
     the block can change the number of channels without a projection.
     """
     h1 = keras.layers.ReLU(name=f"{name}_relu1")(
-        conv_block(x, filters, name=f"{name}_block1")
+        conv_block(x, filters, momentum=momentum, name=f"{name}_block1")
     )
-    h2 = conv_block(h1, filters, name=f"{name}_block2")
+    h2 = conv_block(h1, filters, momentum=momentum, name=f"{name}_block2")
     h = keras.layers.Add(name=f"{name}_add")([h1, h2])
     h = keras.layers.ReLU(name=f"{name}_relu2")(h)
     h = DropBlock(keep_prob, block_size, name=f"{name}_dropblock")(h)
@@ -76,13 +93,15 @@ def residual_block(
     )
 
 
-def dense_block(x, units: int, *, dropout: float, activation: bool = True, name: str):
+def dense_block(
+    x, units, *, dropout, activation=True, momentum=ORIGINAL_MOMENTUM, name: str
+):
     """Dense (no bias), BN, optional ReLU, dropout: the original ``run_hidden_layer``.
 
     ``x`` is ``N x F``; the result is ``N x units``.
     """
     x = keras.layers.Dense(units, use_bias=False, name=f"{name}_dense")(x)
-    x = batch_norm(f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn", momentum)(x)
     if activation:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     if dropout:

@@ -8,7 +8,12 @@ needs no preprocessing outside it. Introduced in notebook 04.
 import keras
 
 from cifar_helpers.augment import Augment
-from cifar_helpers.blocks import cnn_block, dense_block, residual_block
+from cifar_helpers.blocks import (
+    ORIGINAL_MOMENTUM,
+    cnn_block,
+    dense_block,
+    residual_block,
+)
 
 ORIGINAL_WIDTHS = (128, 256, 512, 1024)
 BASELINE_FILTERS = (64, 128, 256, 512)
@@ -28,12 +33,20 @@ def _scaled_inputs(augment: bool):
     return inputs, keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")(x)
 
 
-def _head(x, hidden: int, classes: int, dropout: float):
+def _head(x, hidden: int, classes: int, dropout: float, momentum: float):
     """Flatten, two dense blocks, a dense + batch-norm output and a float32 softmax."""
     x = keras.layers.Flatten(name="flatten")(x)
     for index in (1, 2):
-        x = dense_block(x, hidden, dropout=dropout, name=f"fully_connected{index}")
-    x = dense_block(x, classes, dropout=0.0, activation=False, name="logits")
+        x = dense_block(
+            x,
+            hidden,
+            dropout=dropout,
+            momentum=momentum,
+            name=f"fully_connected{index}",
+        )
+    x = dense_block(
+        x, classes, dropout=0.0, activation=False, momentum=momentum, name="logits"
+    )
     return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
 
 
@@ -46,6 +59,7 @@ def baseline_cnn(
     conv_dropout: float = 0.15,
     dropout: float = 0.5,
     augment: bool = True,
+    bn_momentum: float = ORIGINAL_MOMENTUM,
     name: str = "baseline_cnn",
 ):
     """The original series' first CNN (part 2), layer for layer.
@@ -53,7 +67,8 @@ def baseline_cnn(
     Four :func:`~cifar_helpers.blocks.cnn_block`\\ s of ``filters`` filters with
     ``kernels`` kernels (each halving the map: 32 to 2 pixels), dropout
     ``conv_dropout`` after each (the original kept 85 %), then the same head as
-    :func:`seed_resnet` with ``hidden``-unit dense layers.
+    :func:`seed_resnet` with ``hidden``-unit dense layers. ``bn_momentum`` as in
+    :func:`seed_resnet`.
     """
     if len(filters) != 4 or len(kernels) != 4:
         raise ValueError(
@@ -69,8 +84,16 @@ def baseline_cnn(
         _check_positive(argument, value)
     inputs, x = _scaled_inputs(augment)
     for index, (width, kernel) in enumerate(zip(filters, kernels, strict=True), 1):
-        x = cnn_block(x, width, kernel, dropout=conv_dropout, name=f"conv{index}")
-    return keras.Model(inputs, _head(x, hidden, classes, dropout), name=name)
+        x = cnn_block(
+            x,
+            width,
+            kernel,
+            dropout=conv_dropout,
+            momentum=bn_momentum,
+            name=f"conv{index}",
+        )
+    outputs = _head(x, hidden, classes, dropout, bn_momentum)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def seed_resnet(
@@ -81,6 +104,7 @@ def seed_resnet(
     block_size: int = 5,
     dropout: float = 0.5,
     augment: bool = True,
+    bn_momentum: float = ORIGINAL_MOMENTUM,
     name: str = "seed_resnet",
 ):
     """The original part-7 residual network, layer for layer.
@@ -95,6 +119,8 @@ def seed_resnet(
     ``hidden`` build a narrow copy for smoke runs. With ``augment`` (the default,
     as the original trained with augmentation) an :class:`~cifar_helpers.augment.
     Augment` layer (crop, flip, cutout; the identity at inference) comes first.
+    ``bn_momentum`` is the original's 0.997; smoke runs, too short for such slow
+    running averages, pass a lower one (see :func:`~cifar_helpers.blocks.batch_norm`).
     """
     if len(widths) != 4:
         raise ValueError(
@@ -108,8 +134,14 @@ def seed_resnet(
         _check_positive(argument, value)
     inputs, x = _scaled_inputs(augment)
     for index, filters in enumerate(widths, start=1):
-        x = residual_block(x, filters, block_size=block_size, name=f"residual{index}")
-    outputs = _head(x, hidden, classes, dropout)
+        x = residual_block(
+            x,
+            filters,
+            block_size=block_size,
+            momentum=bn_momentum,
+            name=f"residual{index}",
+        )
+    outputs = _head(x, hidden, classes, dropout, bn_momentum)
     return keras.Model(inputs, outputs, name=name)
 
 

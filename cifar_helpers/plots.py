@@ -268,6 +268,8 @@ def training_curves(history, *, title: str = ""):
     for ax, metric in zip(axes[2:], ("learning_rate", "keep_prob"), strict=True):
         if metric in history:
             ax.plot(epochs, history[metric], "o-", markersize=3)
+        else:
+            ax.text(0.5, 0.5, "not in this run", ha="center", transform=ax.transAxes)
         ax.set_title(metric)
     for ax in axes:
         ax.set_xlabel("epoch")

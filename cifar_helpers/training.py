@@ -106,7 +106,8 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
     - :class:`~cifar_helpers.dropblock.KeepProbSchedule`, when the model has
       DropBlock layers (logged as ``keep_prob``);
     - ``TensorBoard`` (``run_dir/logs``), ``CSVLogger`` (``run_dir/history.csv``,
-      appended to on resume), ``TerminateOnNaN`` and :class:`EpochTimer`.
+      appended to when resuming, rewritten by a new run), ``TerminateOnNaN`` and
+      :class:`EpochTimer`.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,10 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
             patience=recipe.patience,
             restore_best_weights=True,
         ),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        # Append to the log only when resuming an interrupted run.
+        keras.callbacks.CSVLogger(
+            str(run_dir / "history.csv"), append=(run_dir / "backup").exists()
+        ),
         keras.callbacks.TerminateOnNaN(),
     ]
     if tensorboard:

@@ -143,3 +143,4 @@ def test_training_curves_leave_missing_schedules_empty():
     history = {"accuracy": [0.1], "loss": [2.0]}
     fig = plots.training_curves(history)
     assert not fig.axes[3].lines and len(fig.axes[0].lines) == 1
+    assert fig.axes[3].texts[0].get_text() == "not in this run"
