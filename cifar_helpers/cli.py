@@ -3,7 +3,7 @@
 ``train`` builds a model, trains it with :func:`cifar_helpers.training.fit` and
 writes a run folder; running the same command again resumes an interrupted run (or
 reports a finished one). ``evaluate`` scores a run's saved model on the test set.
-Introduced in notebook 04.
+Introduced in notebook 02.
 """
 
 import argparse
@@ -158,6 +158,10 @@ def train(args) -> dict:
     wall = time.perf_counter() - start
 
     history = _history(run_dir)
+    # The run's result is its best validation model, whichever session found it.
+    import keras
+
+    model = keras.saving.load_model(run_dir / "best.keras")
     model_path = run_dir / "model.keras"
     partial = run_dir / "model.partial.keras"
     model.save(partial)

@@ -2,7 +2,8 @@
 
 Every model takes raw ``uint8`` images (``N x 32 x 32 x 3``) and returns class
 probabilities (``N x 100``, float32 under any precision policy), so a saved model
-needs no preprocessing outside it. Introduced in notebook 04.
+needs no preprocessing outside it. Introduced in notebook 02 (``baseline_cnn``);
+``seed_resnet`` is the subject of notebook 04.
 """
 
 import keras

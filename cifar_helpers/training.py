@@ -6,7 +6,7 @@ gradients clipped to a global norm of 100, batch 250, up to 75 epochs, DropBlock
 keep_prob lowered by 0.005 an epoch to 0.8, early stopping with patience 10) with
 one deliberate fix: early stopping and the choice of the best model watch the
 validation split, never the test set as the original did. Introduced in
-notebook 04.
+notebook 02.
 """
 
 import dataclasses
@@ -92,15 +92,29 @@ def compile_model(model, recipe: Recipe = ORIGINAL):
     return model
 
 
+def _best_logged(path: Path, monitor: str):
+    """The lowest ``monitor`` value logged in a CSV history, or None."""
+    import csv
+
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        values = [
+            float(row[monitor]) for row in csv.DictReader(handle) if row.get(monitor)
+        ]
+    return min(values, default=None)
+
+
 def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
     """The recipe's callbacks, writing into ``run_dir``.
 
     - ``BackupAndRestore`` (``run_dir/backup``): a run interrupted by a crash or a
       disconnected Colab session resumes from its last finished epoch;
     - ``ModelCheckpoint`` (``run_dir/best.keras``): the model with the best
-      validation loss so far;
+      validation loss so far, across resumes;
     - ``EarlyStopping``: stop after ``patience`` epochs without a better validation
-      loss and restore the best weights;
+      loss and restore the best weights of this session (after a resume its
+      patience counts from the resume; ``best.keras`` holds the best overall);
     - ``LearningRateScheduler``: learning rate x ``decay_per_epoch`` an epoch (logged
       as ``learning_rate``);
     - :class:`~cifar_helpers.dropblock.KeepProbSchedule`, when the model has
@@ -111,6 +125,12 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resuming = (run_dir / "backup").exists()
+    # BackupAndRestore brings back the weights and the epoch, not the other
+    # callbacks' state: give the checkpoint the best score of the epochs before.
+    best_so_far = (
+        _best_logged(run_dir / "history.csv", recipe.monitor) if resuming else None
+    )
     # The callbacks that add to an epoch's logs come first, so that the CSV log,
     # the checkpoints and TensorBoard see their values.
     chosen = [
@@ -124,7 +144,10 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
     chosen += [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best.keras"), monitor=recipe.monitor, save_best_only=True
+            str(run_dir / "best.keras"),
+            monitor=recipe.monitor,
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
         ),
         keras.callbacks.EarlyStopping(
             monitor=recipe.monitor,
@@ -132,9 +155,7 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
             restore_best_weights=True,
         ),
         # Append to the log only when resuming an interrupted run.
-        keras.callbacks.CSVLogger(
-            str(run_dir / "history.csv"), append=(run_dir / "backup").exists()
-        ),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TerminateOnNaN(),
     ]
     if tensorboard:

@@ -134,3 +134,20 @@ def test_a_resumed_run_continues_from_its_last_finished_epoch(cifar, tmp_path):
     )
     assert resumed.history["keep_prob"] == pytest.approx([0.995, 0.99])
     assert [row["epoch"] for row in _rows(tmp_path / "history.csv")] == ["0", "1", "2"]
+
+
+def test_a_resume_keeps_the_checkpoints_best_score_from_before(tmp_path):
+    (tmp_path / "backup").mkdir()  # an interrupted run's backup
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,4.0,3.5\n1,3.0,3.2\n")
+    model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+    chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
+    assert chosen["ModelCheckpoint"].best == pytest.approx(3.2)
+    assert chosen["CSVLogger"].append
+
+
+def test_a_new_run_starts_a_fresh_log_and_checkpoint(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,4.0,3.5\n")
+    model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+    chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
+    assert chosen["ModelCheckpoint"].best in (None, float("inf"))  # nothing to beat
+    assert not chosen["CSVLogger"].append
