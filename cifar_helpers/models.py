@@ -21,9 +21,12 @@ BASELINE_FILTERS = (64, 128, 256, 512)
 BASELINE_KERNELS = (7, 5, 3, 3)
 
 
-def _check_positive(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: use a whole number of at least 1.")
+def _check_sizes(**sizes):
+    """Each size, or each entry of a tuple of sizes, must be a whole number >= 1."""
+    for name, value in sizes.items():
+        for entry in value if isinstance(value, tuple | list) else (value,):
+            if not isinstance(entry, int) or isinstance(entry, bool) or entry < 1:
+                raise ValueError(f"{name}={entry!r}: use a whole number of at least 1.")
 
 
 def _scaled_inputs(augment: bool):
@@ -76,13 +79,7 @@ def baseline_cnn(
             f"filters={filters!r}, kernels={kernels!r}: give four of each, like "
             f"{BASELINE_FILTERS} and {BASELINE_KERNELS}."
         )
-    for argument, value in [
-        ("hidden", hidden),
-        ("classes", classes),
-        *(("filters", f) for f in filters),
-        *(("kernels", k) for k in kernels),
-    ]:
-        _check_positive(argument, value)
+    _check_sizes(hidden=hidden, classes=classes, filters=filters, kernels=kernels)
     inputs, x = _scaled_inputs(augment)
     for index, (width, kernel) in enumerate(zip(filters, kernels, strict=True), 1):
         x = cnn_block(
@@ -127,12 +124,7 @@ def seed_resnet(
         raise ValueError(
             f"widths={widths!r}: give four stage widths, like (128, 256, 512, 1024)."
         )
-    for argument, value in [
-        ("hidden", hidden),
-        ("classes", classes),
-        *(("widths", w) for w in widths),
-    ]:
-        _check_positive(argument, value)
+    _check_sizes(hidden=hidden, classes=classes, widths=widths)
     inputs, x = _scaled_inputs(augment)
     for index, filters in enumerate(widths, start=1):
         x = residual_block(
