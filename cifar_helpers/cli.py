@@ -40,7 +40,7 @@ def _settings(args) -> dict:
     """What makes two runs the same run: a resume must match these exactly."""
     return {
         "model": args.model,
-        "data": args.data or "official CIFAR-100 archive",
+        "data": args.data,  # None: the official archive
         "smoke": args.smoke,
         "epochs": args.epochs,
     }
@@ -78,15 +78,6 @@ def _build(name: str, smoke: bool):
     from cifar_helpers import models
 
     return getattr(models, name)(**(SMOKE_SIZES[name] if smoke else {}))
-
-
-def _history(run_dir: Path) -> dict:
-    """The whole run's per-epoch log, resumed parts included (from history.csv)."""
-    import csv
-
-    with open(run_dir / "history.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
 
 
 def _environment() -> dict:
@@ -157,7 +148,7 @@ def train(args) -> dict:
     training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=1)
     wall = time.perf_counter() - start
 
-    history = _history(run_dir)
+    history = training.read_history(run_dir / "history.csv")
     # The run's result is its best validation model, whichever session found it.
     import keras
 
@@ -198,12 +189,12 @@ def evaluate(args) -> dict:
             f"{run_dir}: no finished run here (model.keras and run.json are missing). "
             "Pass the --out folder of a `train` command that finished."
         )
+    from cifar_helpers import training
+
     settings = json.loads(recorded.read_text())
-    official = settings["data"] == "official CIFAR-100 archive"
-    source = None if official else settings["data"]
-    split = _load_split(argparse.Namespace(data=source, smoke=settings["smoke"]))
+    split = _load_split(argparse.Namespace(**settings))
     model = keras.saving.load_model(model_path)
-    return _score(model, split, batch_size=250)
+    return _score(model, split, batch_size=training.ORIGINAL.batch_size)
 
 
 def _parser():

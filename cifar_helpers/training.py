@@ -92,17 +92,30 @@ def compile_model(model, recipe: Recipe = ORIGINAL):
     return model
 
 
-def _best_logged(path: Path, monitor: str):
-    """The lowest ``monitor`` value logged in a CSV history, or None."""
+def read_history(path) -> dict:
+    """A run's ``history.csv`` as ``{metric: [value per epoch]}``, resumed parts
+    included; ``{}`` when there is none yet. Missing values (``NA``) become NaN."""
     import csv
 
+    path = Path(path)
     if not path.is_file():
-        return None
+        return {}
     with open(path, newline="") as handle:
-        values = [
-            float(row[monitor]) for row in csv.DictReader(handle) if row.get(monitor)
+        rows = list(csv.DictReader(handle))
+    return {
+        key: [
+            float(row[key]) if row[key] not in ("", "NA") else float("nan")
+            for row in rows
         ]
-    return min(values, default=None)
+        for key in (rows[0] if rows else {})
+        if key != "epoch"
+    }
+
+
+def _best_logged(path: Path, monitor: str):
+    """The lowest ``monitor`` value logged in a CSV history, or None."""
+    values = read_history(path).get(monitor, [])
+    return min((value for value in values if value == value), default=None)
 
 
 def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
