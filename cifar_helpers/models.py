@@ -3,22 +3,29 @@
 Every model takes raw ``uint8`` images (``N x 32 x 32 x 3``) and returns class
 probabilities (``N x 100``, float32 under any precision policy), so a saved model
 needs no preprocessing outside it. Introduced in notebook 02 (``baseline_cnn``);
-``seed_resnet`` is the subject of notebook 04.
+``seed_resnet`` is the subject of notebook 04, ``resnet9`` and ``preact_resnet18``
+(the modern residual networks) of notebook 05.
 """
 
 import keras
 
 from cifar_helpers.augment import Augment
 from cifar_helpers.blocks import (
+    MODERN_MOMENTUM,
     ORIGINAL_MOMENTUM,
     cnn_block,
+    conv_bn_relu,
     dense_block,
+    preact_block,
     residual_block,
+    resnet9_residual,
 )
+from cifar_helpers.dropblock import DropBlock
 
 ORIGINAL_WIDTHS = (128, 256, 512, 1024)
 BASELINE_FILTERS = (64, 128, 256, 512)
 BASELINE_KERNELS = (7, 5, 3, 3)
+MODERN_WIDTHS = (64, 128, 256, 512)
 
 
 def _check_sizes(**sizes):
@@ -135,6 +142,124 @@ def seed_resnet(
             name=f"residual{index}",
         )
     outputs = _head(x, hidden, classes, dropout, bn_momentum)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _linear_head(x, classes: int, *, pool: str, scale: float = 1.0):
+    """Global pooling, one linear layer in float32 (the logits), a float32 softmax.
+
+    Under a mixed-precision policy everything before the head computes in 16 bits;
+    the logits and the softmax stay in float32, where small differences between
+    large logits survive.
+    """
+    pooling = {
+        "max": keras.layers.GlobalMaxPooling2D,
+        "average": keras.layers.GlobalAveragePooling2D,
+    }[pool]
+    x = pooling(name=f"global_{pool}_pool")(x)
+    x = keras.layers.Dense(classes, dtype="float32", name="logits")(x)
+    if scale != 1.0:
+        x = keras.layers.Rescaling(scale, dtype="float32", name="logit_scale")(x)
+    return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+
+
+def _late_dropblock(x, block_size: int, name: str):
+    """A DropBlock at keep_prob 1, for the recipe's schedule to lower."""
+    return DropBlock(1.0, min(block_size, x.shape[1]), name=name)(x)
+
+
+def resnet9(
+    *,
+    widths=MODERN_WIDTHS,
+    classes: int = 100,
+    block_size: int = 3,
+    augment: bool = True,
+    bn_momentum: float = MODERN_MOMENTUM,
+    sync_batch_norm: bool = False,
+    name: str = "resnet9",
+):
+    """The DAWNBench-style ResNet-9 (Page, 2018) with DropBlock in its late stages.
+
+    ``prep``: a 3x3 convolution to ``widths[0]`` filters; ``layer1``: convolution to
+    ``widths[1]``, 2x2 max pool (16 px), a residual unit; ``layer2``: convolution to
+    ``widths[2]``, max pool (8 px), DropBlock; ``layer3``: convolution to
+    ``widths[3]``, max pool (4 px), a residual unit, DropBlock; then global max
+    pooling, one linear layer and Page's logit scale of 1/8. Every convolution is
+    followed by batch norm and ReLU (:func:`~cifar_helpers.blocks.conv_bn_relu`).
+    About 6.6 M parameters and 0.4 G multiply-accumulates per image at full size.
+    DropBlocks (``block_size``, clipped to the map) start at keep_prob 1.
+    ``sync_batch_norm``: batch statistics over all replicas of a ``tf.distribute``
+    strategy (see :func:`~cifar_helpers.blocks.batch_norm`).
+    """
+    if len(widths) != 4:
+        raise ValueError(f"widths={widths!r}: give four widths, like {MODERN_WIDTHS}.")
+    _check_sizes(classes=classes, widths=widths, block_size=block_size)
+    options = {"momentum": bn_momentum, "synchronized": sync_batch_norm}
+    inputs, x = _scaled_inputs(augment)
+    x = conv_bn_relu(x, widths[0], name="prep", **options)
+    for index, filters in enumerate(widths[1:], start=1):
+        x = conv_bn_relu(x, filters, name=f"layer{index}", **options)
+        x = keras.layers.MaxPooling2D(2, name=f"layer{index}_pool")(x)
+        if index != 2:
+            x = resnet9_residual(x, name=f"layer{index}_residual", **options)
+        if index >= 2:
+            x = _late_dropblock(x, block_size, f"layer{index}_dropblock")
+    outputs = _linear_head(x, classes, pool="max", scale=0.125)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def preact_resnet18(
+    *,
+    widths=MODERN_WIDTHS,
+    blocks=(2, 2, 2, 2),
+    classes: int = 100,
+    block_size: int = 3,
+    augment: bool = True,
+    bn_momentum: float = MODERN_MOMENTUM,
+    sync_batch_norm: bool = False,
+    name: str = "preact_resnet18",
+):
+    """He et al.'s (2016) pre-activation ResNet-18 for 32x32 images, with DropBlock.
+
+    A 3x3 stem convolution to ``widths[0]`` filters (no pooling: CIFAR images are
+    small), four stages of ``blocks`` :func:`~cifar_helpers.blocks.preact_block`\\ s
+    (the first of stages 2-4 halves the map: 32, 16, 8, 4 px, with a projection
+    shortcut), DropBlock after stages 3 and 4, a final batch norm and ReLU, global
+    average pooling and one linear layer. About 11.2 M parameters and 0.56 G
+    multiply-accumulates per image at full size.
+    """
+    if len(widths) != 4 or len(blocks) != 4:
+        raise ValueError(
+            f"widths={widths!r}, blocks={blocks!r}: give four of each, like "
+            f"{MODERN_WIDTHS} and (2, 2, 2, 2)."
+        )
+    _check_sizes(classes=classes, widths=widths, blocks=blocks, block_size=block_size)
+    options = {"momentum": bn_momentum, "synchronized": sync_batch_norm}
+    inputs, x = _scaled_inputs(augment)
+    x = keras.layers.Conv2D(
+        widths[0],
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name="stem_conv",
+    )(x)
+    for stage, (filters, count) in enumerate(zip(widths, blocks, strict=True), 1):
+        for index in range(1, count + 1):
+            strides = 2 if stage > 1 and index == 1 else 1
+            x = preact_block(
+                x, filters, strides=strides, name=f"stage{stage}_{index}", **options
+            )
+        if stage >= 3:
+            x = _late_dropblock(x, block_size, f"stage{stage}_dropblock")
+    x = keras.layers.BatchNormalization(
+        momentum=bn_momentum,
+        epsilon=1e-5,
+        synchronized=sync_batch_norm,
+        name="final_bn",
+    )(x)
+    x = keras.layers.ReLU(name="final_relu")(x)
+    outputs = _linear_head(x, classes, pool="average")
     return keras.Model(inputs, outputs, name=name)
 
 

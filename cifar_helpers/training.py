@@ -1,15 +1,24 @@
-"""The original series' training recipe, its callbacks, and the one ``fit`` that the
-notebooks and ``python -m cifar_helpers train`` share.
+"""Training recipes, their callbacks, and the one ``fit`` that the notebooks and
+``python -m cifar_helpers train`` share; the precision policy and the
+``tf.distribute`` strategy that a run uses.
 
-The recipe is the original part-7 one (Adam 5e-4, learning rate x0.98 an epoch,
-gradients clipped to a global norm of 100, batch 250, up to 75 epochs, DropBlock's
-keep_prob lowered by 0.005 an epoch to 0.8, early stopping with patience 10) with
-one deliberate fix: early stopping and the choice of the best model watch the
-validation split, never the test set as the original did. Introduced in
-notebook 02.
+:class:`Recipe` is the original part-7 one (Adam 5e-4, learning rate x0.98 an
+epoch, gradients clipped to a global norm of 100, batch 250, up to 75 epochs,
+DropBlock's keep_prob lowered by 0.005 an epoch to 0.8, early stopping with
+patience 10) with one deliberate fix: early stopping and the choice of the best
+model watch the validation split, never the test set as the original did.
+Introduced in notebook 02.
+
+:class:`ModernRecipe` is notebook 05's: SGD with Nesterov momentum and weight
+decay, a one-cycle learning rate (:class:`OneCycle`), label smoothing, batch 512,
+XLA and several steps per execution. :func:`choose_precision` and
+:func:`choose_strategy` pick the mixed-precision policy and the distribution
+strategy from the hardware.
 """
 
 import dataclasses
+import json
+import os
 import time
 from pathlib import Path
 
@@ -59,8 +68,236 @@ class Recipe:
         """The learning rate during ``epoch`` (counted from 0)."""
         return self.learning_rate * self.decay_per_epoch**epoch
 
+    def for_replicas(self, replicas: int) -> "Recipe":
+        """The recipe for ``replicas`` devices training together: each keeps the
+        batch size, so the global batch and the learning rate grow ``replicas``
+        times (Goyal et al.'s linear scaling rule; for Adam a rule of thumb)."""
+        return dataclasses.replace(
+            self,
+            batch_size=self.batch_size * replicas,
+            learning_rate=self.learning_rate * replicas,
+        )
+
+    def make_optimizer(self, steps_per_epoch=None):
+        """Adam with the recipe's learning rate and global-norm clipping."""
+        return keras.optimizers.Adam(
+            self.learning_rate, global_clipnorm=self.clip_global_norm
+        )
+
+    def make_loss(self):
+        return keras.losses.SparseCategoricalCrossentropy()
+
+    def compile_options(self) -> dict:
+        """Keras' defaults: XLA only where Keras picks it (not on a CPU)."""
+        return {}
+
+    def schedule_callbacks(self, model) -> list:
+        """Learning rate x ``decay_per_epoch`` an epoch; keep_prob lowered by
+        ``keep_prob_per_epoch`` an epoch when the model has DropBlock layers."""
+        chosen = [keras.callbacks.LearningRateScheduler(self.learning_rate_at)]
+        if dropblock_layers(model):
+            chosen.append(
+                KeepProbSchedule(self.keep_prob_final, duration=self.keep_prob_epochs)
+            )
+        return chosen
+
 
 ORIGINAL = Recipe()
+
+
+@keras.saving.register_keras_serializable(package="cifar_helpers")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle learning rate: a linear warm-up from 0 to ``peak`` over
+    ``warmup_steps``, then a linear decay to 0 at ``total_steps`` (and 0 after).
+
+    Smith & Topin (2017) showed such a cycle trains residual networks in far fewer
+    epochs; Page's DAWNBench ResNet-9 used this piecewise-linear form.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int):
+        if not 0 < warmup_steps < total_steps:
+            raise ValueError(
+                f"OneCycle: warmup_steps={warmup_steps}, total_steps={total_steps}; "
+                "the warm-up must be at least one step and shorter than the run."
+            )
+        self.peak = peak
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        up = step / self.warmup_steps
+        down = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
+        return self.peak * keras.ops.maximum(0.0, keras.ops.minimum(up, down))
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cifar_helpers")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against probabilities, with label smoothing.
+
+    Keras' sparse cross-entropy has no ``label_smoothing``; this one turns each
+    label into a one-hot row first. The target puts ``1 - label_smoothing +
+    label_smoothing / classes`` on the true class and ``label_smoothing / classes``
+    on every other (Szegedy et al., 2016).
+    """
+
+    def __init__(self, label_smoothing=0.1, name="smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(
+                f"label_smoothing={label_smoothing!r}: use a value in [0, 1)."
+            )
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32")
+        one_hot = keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(
+            keras.ops.cast(one_hot, y_pred.dtype),
+            y_pred,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Log the optimizer's learning rate at the end of each epoch (``learning_rate``),
+    for schedules that live in the optimizer rather than in a callback."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModernRecipe:
+    """Notebook 05's recipe for the modern residual networks; ``ModernRecipe()``
+    holds its values (chosen from public ResNet-9/ResNet-18 recipes, not tuned here).
+
+    - SGD, Nesterov momentum ``momentum``, decoupled ``weight_decay`` on kernels
+      only (not on batch norm or biases). Keras subtracts ``learning_rate x
+      weight_decay x w`` each step; PyTorch's coupled 5e-4 with momentum 0.9 decays
+      about 1 / (1 - 0.9) = 10 times harder, hence 5e-3 here;
+    - :class:`OneCycle` with ``peak_learning_rate`` after ``warmup_fraction`` of the
+      run, for ``epochs`` epochs of ``batch_size`` images;
+    - :class:`SmoothedSparseCrossentropy` with ``label_smoothing``;
+    - DropBlock keep_prob lowered linearly from 1 to ``keep_prob_final`` over the
+      whole run (Ghiasi et al.'s schedule);
+    - XLA (``jit_compile``) and ``steps_per_execution`` steps per call into the
+      compiled graph; no early stopping (the schedule fixes the budget), the best
+      validation model is still checkpointed.
+    """
+
+    peak_learning_rate: float = 0.4
+    warmup_fraction: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    label_smoothing: float = 0.1
+    batch_size: int = 512
+    epochs: int = 40
+    keep_prob_final: float = 0.9
+    jit_compile: bool = True
+    steps_per_execution: int = 8
+    monitor: str = "val_loss"
+    patience: None = None
+
+    def __post_init__(self):
+        def whole(value):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        allowed = {
+            "peak_learning_rate": (self.peak_learning_rate > 0, "a value > 0"),
+            "warmup_fraction": (0 < self.warmup_fraction < 1, "a value in (0, 1)"),
+            "momentum": (0 <= self.momentum < 1, "a value in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, "a value >= 0"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "a value in [0, 1)"),
+            "keep_prob_final": (0 < self.keep_prob_final <= 1, "a value in (0, 1]"),
+            "batch_size": (whole(self.batch_size), "a whole number >= 1"),
+            "epochs": (whole(self.epochs), "a whole number >= 1"),
+            "steps_per_execution": (
+                whole(self.steps_per_execution),
+                "a whole number >= 1",
+            ),
+        }
+        for name, (ok, what) in allowed.items():
+            if not ok:
+                raise ValueError(
+                    f"ModernRecipe {name}={getattr(self, name)!r}: use {what}."
+                )
+
+    def for_replicas(self, replicas: int) -> "ModernRecipe":
+        """The recipe for ``replicas`` devices: the global batch and the peak
+        learning rate grow ``replicas`` times (Goyal et al.'s linear scaling)."""
+        return dataclasses.replace(
+            self,
+            batch_size=self.batch_size * replicas,
+            peak_learning_rate=self.peak_learning_rate * replicas,
+        )
+
+    def learning_rate_schedule(self, steps_per_epoch: int) -> OneCycle:
+        total = self.epochs * steps_per_epoch
+        warmup = min(total - 1, max(1, round(self.warmup_fraction * total)))
+        return OneCycle(self.peak_learning_rate, total, warmup)
+
+    def make_optimizer(self, steps_per_epoch=None):
+        """Nesterov SGD on the one-cycle schedule; needs ``steps_per_epoch``."""
+        if not steps_per_epoch or steps_per_epoch < 1:
+            raise ValueError(
+                f"steps_per_epoch={steps_per_epoch!r}: the one-cycle schedule needs "
+                "the number of batches in an epoch (len(train_ds)); pass it to "
+                "compile_model."
+            )
+        optimizer = keras.optimizers.SGD(
+            self.learning_rate_schedule(steps_per_epoch),
+            momentum=self.momentum,
+            nesterov=True,
+            weight_decay=self.weight_decay or None,
+        )
+        # Decay the convolution and dense kernels only.
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        return optimizer
+
+    def make_loss(self):
+        return SmoothedSparseCrossentropy(self.label_smoothing)
+
+    def compile_options(self) -> dict:
+        return {
+            "jit_compile": self.jit_compile,
+            "steps_per_execution": self.steps_per_execution,
+        }
+
+    def schedule_callbacks(self, model) -> list:
+        """Log the learning rate (the optimizer schedules it per step); lower
+        keep_prob linearly over the whole run when the model has DropBlock layers."""
+        chosen = [LearningRateLogger()]
+        if dropblock_layers(model):
+            chosen.append(KeepProbSchedule(self.keep_prob_final, duration=self.epochs))
+        return chosen
+
+
+MODERN = ModernRecipe()
+
+
+def eval_batch_size(count: int, preferred: int) -> int:
+    """The largest batch size up to ``preferred`` that splits ``count`` images into
+    whole batches, so a compiled (XLA) evaluation sees one batch shape; falls back
+    to ``preferred`` (one smaller last batch, one extra compilation) when no
+    divisor of at least ``preferred // 4`` exists."""
+    for size in range(min(preferred, count), max(1, preferred // 4) - 1, -1):
+        if count % size == 0:
+            return size
+    return preferred
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -74,20 +311,23 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-def compile_model(model, recipe: Recipe = ORIGINAL):
-    """Compile ``model`` (probabilities out) with the recipe's optimizer and loss.
+def compile_model(model, recipe=ORIGINAL, *, steps_per_epoch=None):
+    """Compile ``model`` (probabilities out) with the recipe's optimizer, loss and
+    compile options (XLA, steps per execution).
 
-    Metrics: top-1 ``accuracy`` and ``top5`` accuracy.
+    Metrics: top-1 ``accuracy`` and ``top5`` accuracy. ``steps_per_epoch`` (batches
+    in an epoch) is needed by recipes whose schedule counts steps
+    (:class:`ModernRecipe`). Under a ``tf.distribute`` strategy, call it inside
+    ``strategy.scope()``, where the model was built.
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            recipe.learning_rate, global_clipnorm=recipe.clip_global_norm
-        ),
-        loss="sparse_categorical_crossentropy",
+        optimizer=recipe.make_optimizer(steps_per_epoch),
+        loss=recipe.make_loss(),
         metrics=[
             "accuracy",
             keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"),
         ],
+        **recipe.compile_options(),
     )
     return model
 
@@ -118,20 +358,20 @@ def _best_logged(path: Path, monitor: str):
     return min((value for value in values if value == value), default=None)
 
 
-def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
+def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     """The recipe's callbacks, writing into ``run_dir``.
 
     - ``BackupAndRestore`` (``run_dir/backup``): a run interrupted by a crash or a
       disconnected Colab session resumes from its last finished epoch;
     - ``ModelCheckpoint`` (``run_dir/best.keras``): the model with the best
       validation loss so far, across resumes;
-    - ``EarlyStopping``: stop after ``patience`` epochs without a better validation
-      loss and restore the best weights of this session (after a resume its
-      patience counts from the resume; ``best.keras`` holds the best overall);
-    - ``LearningRateScheduler``: learning rate x ``decay_per_epoch`` an epoch (logged
-      as ``learning_rate``);
-    - :class:`~cifar_helpers.dropblock.KeepProbSchedule`, when the model has
-      DropBlock layers (logged as ``keep_prob``);
+    - ``EarlyStopping`` (when the recipe has a ``patience``): stop after
+      ``patience`` epochs without a better validation loss and restore the best
+      weights of this session (after a resume its patience counts from the resume;
+      ``best.keras`` holds the best overall);
+    - the recipe's ``schedule_callbacks``: the learning rate (logged as
+      ``learning_rate``) and, when the model has DropBlock layers,
+      :class:`~cifar_helpers.dropblock.KeepProbSchedule` (logged as ``keep_prob``);
     - ``TensorBoard`` (``run_dir/logs``), ``CSVLogger`` (``run_dir/history.csv``,
       appended to when resuming, rewritten by a new run), ``TerminateOnNaN`` and
       :class:`EpochTimer`.
@@ -146,14 +386,7 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
     )
     # The callbacks that add to an epoch's logs come first, so that the CSV log,
     # the checkpoints and TensorBoard see their values.
-    chosen = [
-        EpochTimer(),
-        keras.callbacks.LearningRateScheduler(recipe.learning_rate_at),
-    ]
-    if dropblock_layers(model):
-        chosen.append(
-            KeepProbSchedule(recipe.keep_prob_final, duration=recipe.keep_prob_epochs)
-        )
+    chosen = [EpochTimer(), *recipe.schedule_callbacks(model)]
     chosen += [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
@@ -162,11 +395,16 @@ def callbacks(model, run_dir, recipe: Recipe = ORIGINAL, *, tensorboard=True):
             save_best_only=True,
             initial_value_threshold=best_so_far,
         ),
-        keras.callbacks.EarlyStopping(
-            monitor=recipe.monitor,
-            patience=recipe.patience,
-            restore_best_weights=True,
-        ),
+    ]
+    if recipe.patience:
+        chosen.append(
+            keras.callbacks.EarlyStopping(
+                monitor=recipe.monitor,
+                patience=recipe.patience,
+                restore_best_weights=True,
+            )
+        )
+    chosen += [
         # Append to the log only when resuming an interrupted run.
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TerminateOnNaN(),
@@ -181,7 +419,7 @@ def fit(
     train_ds,
     val_ds,
     run_dir,
-    recipe: Recipe = ORIGINAL,
+    recipe=ORIGINAL,
     *,
     epochs=None,
     verbose="auto",
@@ -206,3 +444,147 @@ def fit(
         shuffle=False,  # the dataset shuffles itself
         verbose=verbose,
     )
+
+
+# ---------------------------------------------------------------- precision
+
+
+def precision_for(device_type: str, compute_capability=None) -> str:
+    """The mixed-precision policy that suits one kind of device.
+
+    - ``"TPU"``: ``mixed_bfloat16`` (TPU matrix units work in bfloat16);
+    - ``"GPU"`` with compute capability 8.0 or more (A100, L4, H100, RTX 30/40):
+      ``mixed_bfloat16``, as fast as float16 on their tensor cores and with
+      float32's range, so no loss scaling is needed;
+    - ``"GPU"`` with compute capability 7.x (V100, T4, RTX 20): ``mixed_float16``
+      (their tensor cores have no bfloat16; Keras scales the loss so small
+      gradients survive);
+    - older GPUs and CPUs: ``float32`` (16-bit arithmetic gains nothing there).
+
+    ``compute_capability`` is ``(major, minor)``, as
+    ``tf.config.experimental.get_device_details`` reports it.
+    """
+    kind = device_type.upper()
+    if kind == "TPU":
+        return "mixed_bfloat16"
+    if kind == "GPU" and compute_capability is not None:
+        major = compute_capability[0]
+        if major >= 8:
+            return "mixed_bfloat16"
+        if major == 7:
+            return "mixed_float16"
+    return "float32"
+
+
+def choose_precision() -> str:
+    """The policy for this machine's accelerators (see :func:`precision_for`); with
+    several GPUs, the one that suits them all (the first GPU decides)."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("TPU"):
+        return precision_for("TPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return precision_for("GPU", details.get("compute_capability"))
+    return precision_for("CPU")
+
+
+def use_precision(policy: str = "auto") -> str:
+    """Set Keras' global dtype policy (``"auto"``: :func:`choose_precision`) and
+    return it. Call it before building the model: layers take the policy that is
+    current when they are created. The models keep their logits and softmax in
+    float32 under any policy."""
+    policy = choose_precision() if policy == "auto" else policy
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# ---------------------------------------------------------------- distribution
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+
+
+def strategy_kind(*, tpu: bool, gpus: int, tf_config: str | None) -> str:
+    """What ``choose_strategy("auto")`` picks: ``"tpu"`` when a TPU is attached,
+    ``"multiworker"`` when ``TF_CONFIG`` describes a cluster of several tasks,
+    ``"mirrored"`` on several GPUs, ``"default"`` (one device) otherwise."""
+    if tpu:
+        return "tpu"
+    if tf_config:
+        try:
+            cluster = json.loads(tf_config).get("cluster", {})
+        except (ValueError, AttributeError) as error:
+            raise ValueError(
+                f"TF_CONFIG is not valid JSON ({error}); it should look like "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                '"task": {"type": "worker", "index": 0}}.'
+            ) from None
+        if sum(len(tasks) for tasks in cluster.values()) > 1:
+            return "multiworker"
+    if gpus > 1:
+        return "mirrored"
+    return "default"
+
+
+def _tpu_resolver():
+    """A connected TPU cluster resolver, or None when no TPU is reachable."""
+    import tensorflow as tf
+
+    try:
+        # TPU VMs (Colab's TPU runtime, Cloud TPU VMs) see their chips locally.
+        tpu = "local" if tf.config.list_physical_devices("TPU") else None
+        if tpu is None and not (
+            os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME")
+        ):
+            return None
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return resolver
+    except (ValueError, RuntimeError, tf.errors.OpError):
+        return None
+
+
+def choose_strategy(kind: str = "auto"):
+    """The ``tf.distribute`` strategy to build, compile and train under.
+
+    ``kind`` is one of :data:`STRATEGIES`; ``"auto"`` decides as
+    :func:`strategy_kind` says. Create it at the start of a program, before other
+    TensorFlow work (multi-worker training requires it), then build and compile
+    the model inside ``strategy.scope()``; ``fit`` needs nothing more. Scale the
+    recipe with ``recipe.for_replicas(strategy.num_replicas_in_sync)``.
+    """
+    import tensorflow as tf
+
+    if kind not in STRATEGIES:
+        raise ValueError(f"strategy {kind!r}: use one of {', '.join(STRATEGIES)}.")
+    resolver = _tpu_resolver() if kind in ("auto", "tpu") else None
+    if kind == "tpu" and resolver is None:
+        raise ValueError(
+            "strategy 'tpu': no TPU found. On Colab choose Runtime > Change runtime "
+            "type > TPU; on Cloud, set TPU_NAME; or use --strategy auto."
+        )
+    if kind == "auto":
+        kind = strategy_kind(
+            tpu=resolver is not None,
+            gpus=len(tf.config.list_physical_devices("GPU")),
+            tf_config=os.environ.get("TF_CONFIG"),
+        )
+    if kind == "tpu":
+        return tf.distribute.TPUStrategy(resolver)
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes a run's files: always, except on the non-chief
+    workers of a multi-worker cluster (worker 0 is the chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
