@@ -40,6 +40,8 @@ class Recipe:
     keep_prob_per_epoch: float = 0.005  # lowered by this after every epoch
     patience: int = 10  # epochs without a better validation loss before stopping
     monitor: str = "val_loss"
+    jit_compile: bool | str = "auto"  # Keras' default: XLA on accelerators only
+    steps_per_execution: int = 1
 
     def __post_init__(self):
         def whole(value):
@@ -88,8 +90,10 @@ class Recipe:
         return keras.losses.SparseCategoricalCrossentropy()
 
     def compile_options(self) -> dict:
-        """Keras' defaults: XLA only where Keras picks it (not on a CPU)."""
-        return {}
+        return {
+            "jit_compile": self.jit_compile,
+            "steps_per_execution": self.steps_per_execution,
+        }
 
     def schedule_callbacks(self, model) -> list:
         """Learning rate x ``decay_per_epoch`` an epoch; keep_prob lowered by
@@ -358,6 +362,28 @@ def _best_logged(path: Path, monitor: str):
     return min((value for value in values if value == value), default=None)
 
 
+def _check_keras_can_train_under(strategy):
+    """Refuse, with the reason, what this Keras cannot do: ``Model.fit`` across
+    several workers fails in Keras 3.15 and earlier (keras-team/keras#20585;
+    ``tests/test_distribution.py`` checks it on every run of the tests)."""
+    import tensorflow as tf
+
+    version = tuple(int(part) for part in keras.__version__.split(".")[:2])
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if (
+        multi_worker
+        and strategy.extended._in_multi_worker_mode()
+        and version <= (3, 15)
+    ):
+        raise RuntimeError(
+            f"Keras {keras.__version__} cannot train one model across several "
+            "machines: Model.fit fails under MultiWorkerMirroredStrategy "
+            "(https://github.com/keras-team/keras/issues/20585). Train on one "
+            "machine (all its GPUs: --strategy mirrored), or use a newer Keras "
+            "once that issue is fixed."
+        )
+
+
 def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     """The recipe's callbacks, writing into ``run_dir``.
 
@@ -433,6 +459,7 @@ def fit(
     (smoke runs); ``extra_callbacks`` run after the recipe's. Calling it again with
     the same ``run_dir`` after an interruption resumes where the run stopped.
     """
+    _check_keras_can_train_under(model.distribute_strategy)
     return model.fit(
         train_ds,
         validation_data=val_ds,
@@ -578,6 +605,30 @@ def choose_strategy(kind: str = "auto"):
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def for_strategy(recipe, strategy):
+    """``recipe`` for training under ``strategy``: scaled for its replicas (see
+    ``recipe.for_replicas``) and, under ``MirroredStrategy`` and
+    ``MultiWorkerMirroredStrategy``, without XLA and with one step per execution.
+
+    Keras 3.15 cannot run those two strategies' steps with either: XLA compiles the
+    step across devices and fails on variables held by another replica
+    (keras-team/keras#19005), and several steps per execution fail with
+    "You must feed a value for placeholder tensor" (keras-team/keras#19246); both
+    measured on two logical CPU devices by ``tests/test_distribution.py``.
+    ``TPUStrategy`` compiles with XLA anyway and keeps both.
+    """
+    import tensorflow as tf
+
+    scaled = recipe.for_replicas(strategy.num_replicas_in_sync)
+    mirrored = (
+        tf.distribute.MirroredStrategy,
+        tf.distribute.MultiWorkerMirroredStrategy,
+    )
+    if isinstance(strategy, mirrored):
+        scaled = dataclasses.replace(scaled, jit_compile=False, steps_per_execution=1)
+    return scaled
 
 
 def is_chief(strategy) -> bool:

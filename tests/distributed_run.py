@@ -1,0 +1,64 @@
+"""Train a narrow ResNet-9 for two epochs under one ``tf.distribute`` strategy and
+save its losses and final weights. The distribution tests run it in fresh
+processes, because a process's devices and cluster are fixed once TensorFlow starts.
+
+Usage: python tests/distributed_run.py STRATEGY OUT.npz
+STRATEGY: ``default`` (one device), ``mirrored`` (two logical CPU devices), or
+``multiworker`` (the cluster that ``TF_CONFIG`` describes).
+"""
+
+import dataclasses
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+kind, out = sys.argv[1], sys.argv[2]
+if kind == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+import keras  # noqa: E402
+
+from cifar_helpers import models, training  # noqa: E402
+
+REPLICAS = 2  # the distributed runs have two; the one-device run copies their recipe
+strategy = training.choose_strategy(kind)
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
+labels = rng.integers(0, 100, 128)
+# Nothing random in a step: no augmentation, keep_prob stays 1 (DropBlock is the
+# identity), batch statistics over the global batch, and batches in a fixed order
+# (a distributed dataset shuffles with seeds of its own). A step is then the same
+# computation however its batch is split between devices.
+recipe = dataclasses.replace(
+    training.ModernRecipe(), batch_size=16, epochs=2, keep_prob_final=1.0
+)
+if kind == "default":
+    # The same global batch and learning rate, compiled as the distributed runs are
+    # (see training.for_strategy), so that only the distribution differs.
+    recipe = dataclasses.replace(
+        recipe.for_replicas(REPLICAS), jit_compile=False, steps_per_execution=1
+    )
+else:
+    assert strategy.num_replicas_in_sync == REPLICAS
+    recipe = training.for_strategy(recipe, strategy)
+train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+    recipe.batch_size, drop_remainder=True
+)
+with strategy.scope():
+    model = models.resnet9(widths=(8, 16, 16, 32), augment=False, sync_batch_norm=True)
+    training.compile_model(model, recipe, steps_per_epoch=len(train))
+# Keras' own fit, not training.fit: the multi-worker test records what Keras does.
+history = model.fit(train, epochs=recipe.epochs, verbose=0)
+np.savez(
+    out,
+    loss=np.array(history.history["loss"]),
+    replicas=strategy.num_replicas_in_sync,
+    chief=training.is_chief(strategy),
+    batch_size=recipe.batch_size,
+    **{f"w{i}": w for i, w in enumerate(model.get_weights())},
+)
