@@ -2,7 +2,8 @@
 # constraints.txt) the first time, and reinstalls when a requirements file changes.
 #   make lab    open the notebooks in JupyterLab
 #   make test   lint, unit tests, then every notebook executed in smoke mode (CI runs this)
-#   make bench  the benchmarks: input pipeline, then DropBlock's cost (tables + JSON)
+#   make bench  the benchmarks: input pipeline, DropBlock's cost, the modern network's
+#               speed against the original (tables + JSON)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ LINTED := cifar_helpers tests notebooks benchmarks
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: install lab lint format test unit notebooks bench bench-pipeline \
-	bench-dropblock constraints clean
+	bench-dropblock bench-modern bench-modern-gpu constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,13 +47,20 @@ notebooks: install
 
 test: lint unit notebooks
 
-bench: bench-pipeline bench-dropblock
+bench: bench-pipeline bench-dropblock bench-modern
 
 bench-pipeline: install
 	$(BIN)/python benchmarks/pipeline_throughput.py
 
 bench-dropblock: install
 	$(BIN)/python benchmarks/dropblock_cost.py
+
+bench-modern: install
+	$(BIN)/python benchmarks/modern_speed.py
+
+# On a GPU or TPU machine: mixed precision for the hardware, XLA, the recipes' batches.
+bench-modern-gpu: install
+	$(BIN)/python benchmarks/modern_speed.py --gpu
 
 # Re-pin constraints.txt from .venv (after `make clean; make install CONSTRAINTS=/dev/null`).
 constraints: install

@@ -278,3 +278,16 @@ def training_curves(history, *, title: str = ""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def learning_rate_schedules(schedules, *, xlabel: str = "epoch"):
+    """Learning-rate schedules side by side: ``{name: (positions, rates)}``."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, (positions, rates) in schedules.items():
+        ax.plot(positions, rates, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("learning rate")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
