@@ -289,10 +289,11 @@ def main(argv=None) -> int:
     if getattr(args, "epochs", None) is not None and args.epochs < 1:
         _parser().error(f"--epochs {args.epochs}: use a whole number of at least 1")
     from cifar_helpers.data import DatasetError
+    from cifar_helpers.training import StrategyError
 
     try:
         results = train(args) if args.command == "train" else evaluate(args)
-    except (RunError, DatasetError) as error:
+    except (RunError, DatasetError, StrategyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if results.get("worker"):

@@ -286,7 +286,9 @@ class ModernRecipe:
         keep_prob linearly over the whole run when the model has DropBlock layers."""
         chosen = [LearningRateLogger()]
         if dropblock_layers(model):
-            chosen.append(KeepProbSchedule(self.keep_prob_final, duration=self.epochs))
+            # Epoch 0 trains at 1, the last epoch at keep_prob_final.
+            duration = max(1, self.epochs - 1)
+            chosen.append(KeepProbSchedule(self.keep_prob_final, duration=duration))
         return chosen
 
 
@@ -401,7 +403,7 @@ def _check_keras_can_train_under(strategy):
         and strategy.extended._in_multi_worker_mode()
         and version <= (3, 15)
     ):
-        raise RuntimeError(
+        raise StrategyError(
             f"Keras {keras.__version__} cannot train one model across several "
             "machines: Model.fit fails under MultiWorkerMirroredStrategy "
             "(https://github.com/keras-team/keras/issues/20585). Train on one "
@@ -558,6 +560,10 @@ def use_precision(policy: str = "auto") -> str:
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
+class StrategyError(ValueError):
+    """A distribution strategy that cannot be used here; the message says why."""
+
+
 def strategy_kind(*, tpu: bool, gpus: int, tf_config: str | None) -> str:
     """What ``choose_strategy("auto")`` picks: ``"tpu"`` when a TPU is attached,
     ``"multiworker"`` when ``TF_CONFIG`` describes a cluster of several tasks,
@@ -568,7 +574,7 @@ def strategy_kind(*, tpu: bool, gpus: int, tf_config: str | None) -> str:
         try:
             cluster = json.loads(tf_config).get("cluster", {})
         except (ValueError, AttributeError) as error:
-            raise ValueError(
+            raise StrategyError(
                 f"TF_CONFIG is not valid JSON ({error}); it should look like "
                 '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
                 '"task": {"type": "worker", "index": 0}}.'
@@ -611,10 +617,10 @@ def choose_strategy(kind: str = "auto"):
     import tensorflow as tf
 
     if kind not in STRATEGIES:
-        raise ValueError(f"strategy {kind!r}: use one of {', '.join(STRATEGIES)}.")
+        raise StrategyError(f"strategy {kind!r}: use one of {', '.join(STRATEGIES)}.")
     resolver = _tpu_resolver() if kind in ("auto", "tpu") else None
     if kind == "tpu" and resolver is None:
-        raise ValueError(
+        raise StrategyError(
             "strategy 'tpu': no TPU found. On Colab choose Runtime > Change runtime "
             "type > TPU; on Cloud, set TPU_NAME; or use --strategy auto."
         )

@@ -90,4 +90,26 @@ def test_the_module_runs_with_help():
         text=True,
         check=True,
     )
-    assert "--model {baseline_cnn,seed_resnet}" in done.stdout
+    assert "--model {baseline_cnn,seed_resnet,resnet9,preact_resnet18}" in done.stdout
+    assert "--strategy {auto,default,mirrored,multiworker,tpu}" in done.stdout
+
+
+def test_a_modern_model_trains_with_the_modern_recipe(tmp_path):
+    out = tmp_path / "resnet9"
+    argv = ["train", "--model", "resnet9", "--out", str(out), *SMOKE]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["precision"] == "float32" and results["replicas"] == 1
+    history = json.loads((out / "history.json").read_text())
+    # One cycle over the two epochs: the last epoch ends at a learning rate of 0;
+    # keep_prob falls from 1 to the recipe's 0.9 on the last epoch.
+    assert history["learning_rate"][-1] == pytest.approx(0.0, abs=1e-6)
+    assert history["keep_prob"] == pytest.approx([1.0, 0.9])
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["strategy"] == "auto"
+
+
+def test_a_strategy_this_machine_lacks_is_refused(tmp_path, capsys):
+    argv = ["train", "--model", "resnet9", "--out", str(tmp_path), "--strategy", "tpu"]
+    assert cli.main([*argv, *SMOKE]) == 2
+    assert "no TPU found" in capsys.readouterr().err
