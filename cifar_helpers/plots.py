@@ -281,13 +281,16 @@ def training_curves(history, *, title: str = ""):
 
 
 def learning_rate_schedules(schedules, *, xlabel: str = "epoch"):
-    """Learning-rate schedules side by side: ``{name: (positions, rates)}``."""
+    """The shapes of learning-rate schedules: ``{name: (positions, rates)}``, each
+    divided by its own largest rate (optimisers differ in scale: Adam's 5e-4 and
+    SGD's 0.4 are not comparable)."""
     fig, ax = plt.subplots(figsize=(6, 3))
     for name, (positions, rates) in schedules.items():
-        ax.plot(positions, rates, label=name)
+        rates = np.asarray(rates, dtype=float)
+        ax.plot(positions, rates / rates.max(), label=f"{name} (peak {rates.max():g})")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("learning rate")
-    ax.set_yscale("log")
+    ax.set_ylabel("learning rate / its peak")
+    ax.set_ylim(0, 1.05)
     ax.legend()
     fig.tight_layout()
     return fig

@@ -111,11 +111,15 @@ ORIGINAL = Recipe()
 
 @keras.saving.register_keras_serializable(package="cifar_helpers")
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """One-cycle learning rate: a linear warm-up from 0 to ``peak`` over
-    ``warmup_steps``, then a linear decay to 0 at ``total_steps`` (and 0 after).
+    """One-cycle learning rate: a linear warm-up from 0 to ``peak`` over the first
+    ``warmup_steps`` steps, then a linear decay that reaches 0 after
+    ``total_steps`` steps (and stays 0 after). Step ``s`` (from 0) trains at the
+    rate of the end of its interval: ``peak * (s + 1) / warmup_steps`` while
+    warming up, ``peak * (total_steps - s) / (total_steps - warmup_steps)`` after.
 
-    Smith & Topin (2017) showed such a cycle trains residual networks in far fewer
-    epochs; Page's DAWNBench ResNet-9 used this piecewise-linear form.
+    Smith & Topin (2017) showed that one large cycle trains residual networks in far
+    fewer epochs; Page's DAWNBench ResNet-9 used this piecewise-linear form (without
+    Smith's momentum cycle).
     """
 
     def __init__(self, peak: float, total_steps: int, warmup_steps: int):
@@ -130,7 +134,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
-        up = step / self.warmup_steps
+        # Step s trains at the rate reached at its end, so the first step does not
+        # waste itself at rate 0 and the last one trains at a small rate > 0.
+        up = (step + 1) / self.warmup_steps
         down = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
         return self.peak * keras.ops.maximum(0.0, keras.ops.minimum(up, down))
 
@@ -295,13 +301,14 @@ class ModernRecipe:
 MODERN = ModernRecipe()
 
 
-def eval_batch_size(count: int, preferred: int) -> int:
+def eval_batch_size(count: int, preferred: int, replicas: int = 1) -> int:
     """The largest batch size up to ``preferred`` that splits ``count`` images into
-    whole batches, so a compiled (XLA) evaluation sees one batch shape; falls back
-    to ``preferred`` (one smaller last batch, one extra compilation) when no
-    divisor of at least ``preferred // 4`` exists."""
+    whole batches, and splits evenly across ``replicas`` devices, so that a
+    compiled (XLA) evaluation sees one batch shape on every device. Falls back to
+    ``preferred`` (one smaller last batch, one extra compilation) when no such
+    size of at least ``preferred // 4`` exists."""
     for size in range(min(preferred, count), max(1, preferred // 4) - 1, -1):
-        if count % size == 0:
+        if count % size == 0 and size % replicas == 0:
             return size
     return preferred
 
@@ -647,8 +654,9 @@ def for_strategy(recipe, strategy):
     Keras 3.15 cannot run those two strategies' steps with either: XLA compiles the
     step across devices and fails on variables held by another replica
     (keras-team/keras#19005), and several steps per execution fail with
-    "You must feed a value for placeholder tensor" (keras-team/keras#19246); both
-    measured on two logical CPU devices by ``tests/test_distribution.py``.
+    "You must feed a value for placeholder tensor" (keras-team/keras#19246). Both
+    failures were reproduced with Keras 3.15 and TensorFlow 2.21 on two logical
+    CPU devices (the setting of ``tests/test_distribution.py``).
     ``TPUStrategy`` compiles with XLA anyway and keeps both.
     """
     import tensorflow as tf

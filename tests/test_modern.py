@@ -102,12 +102,13 @@ def test_bad_sizes_are_refused_by_name(build):
 def test_one_cycle_rises_then_falls_to_zero():
     schedule = training.OneCycle(peak=0.4, total_steps=100, warmup_steps=20)
     values = [float(schedule(step)) for step in range(0, 121)]
-    assert values[0] == 0.0
-    assert values[10] == pytest.approx(0.2)
-    assert values[20] == pytest.approx(0.4)
+    assert values[0] == pytest.approx(0.02)  # the first step already trains
+    assert values[9] == pytest.approx(0.2)
+    assert values[19] == values[20] == pytest.approx(0.4)
     assert values[60] == pytest.approx(0.2)
+    assert values[99] == pytest.approx(0.005)  # the last step, still > 0
     assert values[100] == 0.0 and values[120] == 0.0
-    assert np.all(np.diff(values[:21]) > 0) and np.all(np.diff(values[20:101]) < 0)
+    assert np.all(np.diff(values[:20]) > 0) and np.all(np.diff(values[20:101]) < 0)
     clone = training.OneCycle.from_config(json.loads(json.dumps(schedule.get_config())))
     assert float(clone(37)) == pytest.approx(float(schedule(37)))
     with pytest.raises(ValueError, match="warmup_steps=0"):
@@ -182,6 +183,7 @@ def test_eval_batch_size_splits_the_set_evenly():
     assert training.eval_batch_size(1_000, 512) == 500
     assert training.eval_batch_size(300, 512) == 300
     assert training.eval_batch_size(1_009, 512) == 512  # a prime: no even split
+    assert training.eval_batch_size(10_000, 4096, replicas=8) == 2000
 
 
 @pytest.mark.parametrize(
@@ -264,7 +266,7 @@ def test_modern_recipe_trains_a_narrow_resnet9(tmp_path):
         model, train, train.take(2), tmp_path, recipe, verbose=0, tensorboard=False
     ).history
     assert history["loss"][-1] < history["loss"][0]
-    rates = history["learning_rate"]
+    rates = history["learning_rate"]  # logged after each epoch's last step
     assert rates[-1] == pytest.approx(0.0, abs=1e-6) and max(rates) > 0
     assert history["keep_prob"][-1] == pytest.approx(recipe.keep_prob_final)
     assert "val_loss" in history and (tmp_path / "best.keras").is_file()

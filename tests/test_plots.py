@@ -144,3 +144,14 @@ def test_training_curves_leave_missing_schedules_empty():
     fig = plots.training_curves(history)
     assert not fig.axes[3].lines and len(fig.axes[0].lines) == 1
     assert fig.axes[3].texts[0].get_text() == "not in this run"
+
+
+def test_learning_rate_schedules_compare_shapes_scaled_to_their_peaks():
+    fig = plots.learning_rate_schedules(
+        {"one cycle": ([0, 1, 2], [0.2, 0.4, 0.1]), "decay": ([0, 1, 2], [5e-4] * 3)}
+    )
+    cycle, decay = fig.axes[0].lines
+    assert list(cycle.get_ydata()) == [0.5, 1.0, 0.25]
+    assert list(decay.get_ydata()) == [1.0, 1.0, 1.0]
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["one cycle (peak 0.4)", "decay (peak 0.0005)"]
