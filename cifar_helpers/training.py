@@ -495,6 +495,12 @@ def fit(
     the same ``run_dir`` after an interruption resumes where the run stopped.
     """
     _check_keras_can_train_under(model.distribute_strategy)
+    if epochs not in (None, recipe.epochs) and isinstance(recipe, ModernRecipe):
+        raise ValueError(
+            f"epochs={epochs}, but the recipe's one-cycle schedule spans "
+            f"{recipe.epochs} epochs: set the recipe's instead, with "
+            f"dataclasses.replace(recipe, epochs={epochs}), and compile again."
+        )
     return model.fit(
         train_ds,
         validation_data=val_ds,

@@ -272,3 +272,11 @@ def test_modern_recipe_trains_a_narrow_resnet9(tmp_path):
     assert "val_loss" in history and (tmp_path / "best.keras").is_file()
     reloaded = keras.saving.load_model(tmp_path / "best.keras")
     assert isinstance(reloaded.get_layer("layer3_dropblock"), DropBlock)
+
+
+def test_fit_refuses_epochs_that_the_one_cycle_schedule_does_not_span(tmp_path):
+    model = training.compile_model(
+        models.resnet9(widths=(8, 8, 16, 16)), training.MODERN, steps_per_epoch=10
+    )
+    with pytest.raises(ValueError, match=r"dataclasses.replace\(recipe, epochs=3\)"):
+        training.fit(model, None, None, tmp_path, training.MODERN, epochs=3)
