@@ -120,6 +120,23 @@ def augment_batch(
     return images
 
 
+def per_replica_seed(seed):
+    """``seed`` made different on each replica of a ``tf.distribute`` strategy.
+
+    A random layer's Keras ``SeedGenerator`` advances in lockstep on every replica,
+    so under ``MirroredStrategy`` (or on a TPU) each device would draw the same
+    numbers, and image ``i`` of every device's share would get the same crop, flip
+    and cutout. Folding the replica's index into the stateless seed makes the draws
+    independent; with one replica the seed is returned unchanged.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return seed
+    return tf.random.experimental.stateless_fold_in(
+        seed, context.replica_id_in_sync_group
+    )
+
+
 def _check_arguments(padding, cutout_size):
     if not isinstance(padding, int) or not 0 <= padding < 32:
         raise ValueError(f"Augment: padding={padding!r}; use an int from 0 to 31.")
@@ -152,7 +169,9 @@ class Augment(keras.layers.Layer):
         images = keras.ops.cast(images, self.compute_dtype)
         if not training:
             return images
-        seed = keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator)
+        seed = per_replica_seed(
+            keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator)
+        )
         return augment_batch(
             images,
             seed,

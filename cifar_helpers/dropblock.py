@@ -26,6 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cifar_helpers.augment import per_replica_seed
+
 _NEWTON_STEPS = 8  # three reach float32 precision at CIFAR sizes; eight leave margin
 
 
@@ -253,7 +255,10 @@ class DropBlock(keras.layers.Layer):
         )
         channels = 1 if self.shared_channels else shape[3]
         valid = [shape[0], height - block + 1, width - block + 1, channels]
-        noise = keras.random.uniform(valid, dtype="float32", seed=self.seed_generator)
+        seed = per_replica_seed(
+            keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator)
+        )
+        noise = tf.random.stateless_uniform(valid, seed, dtype=tf.float32)
         seeds = _place_seeds(noise < gamma, block)
         # Pool the complement of the seeds (0 at a seed, -1 elsewhere): the result
         # is -1 where a unit is kept and 0 where it is dropped, one pass over the

@@ -170,3 +170,8 @@ def test_the_layer_trains_inside_a_compiled_xla_fit(batch):
 def test_the_layer_rejects_a_single_image_asking_for_a_batch(batch):
     with pytest.raises(ValueError, match="expected ndim=4, found ndim=3"):
         augment.Augment()(batch[0])
+
+
+def test_one_replica_keeps_its_seed():
+    seed = tf.constant([3, 4])
+    assert augment.per_replica_seed(seed) is seed
