@@ -70,23 +70,9 @@ def matmul_flop_rate(n, dtype, chain=8, calls=3):
     return 2 * n**3 * chain / best
 
 
-class StepTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, logs=None):
-        self.seconds = time.perf_counter() - self.start
-
-
-def synthetic_batches(batch):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 100, batch)
-    return tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
-
-
 class Contender:
-    """One model compiled by its recipe, timed ``steps`` training steps a round."""
+    """One model compiled by its recipe, timed ``steps`` training steps a round
+    (``training.training_speed``)."""
 
     def __init__(self, name, model, recipe, batch, steps):
         self.name, self.model, self.batch, self.steps = name, model, batch, steps
@@ -96,24 +82,15 @@ class Contender:
                 recipe, steps_per_execution=min(steps, recipe.steps_per_execution)
             )
         training.compile_model(model, recipe, steps_per_epoch=steps)
-        self.data = synthetic_batches(batch)
         self.macs = models.macs_per_image(model)
         self.seconds = []
-        self.time()  # compile and warm up
-
-    def time(self):
-        timer = StepTimer()
-        self.model.fit(
-            self.data,
-            steps_per_epoch=self.steps,
-            epochs=1,
-            verbose=0,
-            callbacks=[timer],
-        )
-        return timer.seconds / self.steps
+        training.training_speed(model, batch, steps=steps)  # compile and warm up
 
     def round(self):
-        self.seconds.append(self.time())
+        speed = training.training_speed(
+            self.model, self.batch, steps=self.steps, warmup=False
+        )
+        self.seconds.append(self.batch / speed)
 
     def images_per_second(self):
         return self.batch / statistics.median(self.seconds)

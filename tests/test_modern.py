@@ -280,3 +280,15 @@ def test_fit_refuses_epochs_that_the_one_cycle_schedule_does_not_span(tmp_path):
     )
     with pytest.raises(ValueError, match=r"dataclasses.replace\(recipe, epochs=3\)"):
         training.fit(model, None, None, tmp_path, training.MODERN, epochs=3)
+
+
+def test_training_speed_times_whole_executions_after_one_warm_up():
+    recipe = dataclasses.replace(training.MODERN, steps_per_execution=2)
+    model = training.compile_model(
+        models.resnet9(widths=(8, 8, 16, 16)), recipe, steps_per_epoch=10
+    )
+    assert training.training_speed(model, 8, steps=3) > 0
+    # The warm-up is one execution (2 steps); 3 steps round up to 2 executions.
+    assert int(model.optimizer.iterations) == 2 + 4
+    assert training.training_speed(model, 8, steps=2, warmup=False) > 0
+    assert int(model.optimizer.iterations) == 6 + 2
