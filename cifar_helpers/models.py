@@ -13,6 +13,7 @@ from cifar_helpers.augment import Augment
 from cifar_helpers.blocks import (
     MODERN_MOMENTUM,
     ORIGINAL_MOMENTUM,
+    batch_norm,
     cnn_block,
     conv_bn_relu,
     dense_block,
@@ -252,12 +253,7 @@ def preact_resnet18(
             )
         if stage >= 3:
             x = _late_dropblock(x, block_size, f"stage{stage}_dropblock")
-    x = keras.layers.BatchNormalization(
-        momentum=bn_momentum,
-        epsilon=1e-5,
-        synchronized=sync_batch_norm,
-        name="final_bn",
-    )(x)
+    x = batch_norm("final_bn", bn_momentum, synchronized=sync_batch_norm)(x)
     x = keras.layers.ReLU(name="final_relu")(x)
     outputs = _linear_head(x, classes, pool="average")
     return keras.Model(inputs, outputs, name=name)
