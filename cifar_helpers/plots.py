@@ -294,3 +294,82 @@ def learning_rate_schedules(schedules, *, xlabel: str = "epoch"):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def confusion_heatmap(matrix, names, *, title: str = ""):
+    """A confusion matrix (rows: true class, columns: predicted) as a heat map of
+    each row's shares, so that classes of any size compare; ``names`` label both
+    axes (20 superclasses read well; 100 classes are drawn without labels)."""
+    matrix = np.asarray(matrix, dtype=float)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(shares, cmap="viridis", vmin=0, vmax=1)
+    if len(names) <= 30:
+        ticks = np.arange(len(names))
+        ax.set_xticks(ticks, names, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of the true class's images")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_bars(accuracy, names, *, count: int = 10):
+    """The ``count`` worst and best classes by accuracy, side by side."""
+    accuracy = np.asarray(accuracy, dtype=float)
+    order = np.argsort(accuracy, kind="stable")
+    order = order[~np.isnan(accuracy[order])]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * count + 1.2), sharex=True)
+    for ax, picked, label in (
+        (axes[0], order[:count], "worst"),
+        (axes[1], order[::-1][:count], "best"),
+    ):
+        ax.barh([names[i] for i in picked][::-1], accuracy[picked][::-1])
+        ax.set_title(f"{label} {len(picked)} classes")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(result):
+    """Accuracy against confidence per bin (from ``evaluation.reliability``), with
+    the diagonal of perfect calibration and the expected calibration error."""
+    edges = result["edges"]
+    centres = (edges[:-1] + edges[1:]) / 2
+    filled = result["counts"] > 0
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.bar(
+        centres[filled],
+        result["accuracy"][filled],
+        width=np.diff(edges)[filled],
+        edgecolor="black",
+        label="accuracy",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(centres[filled], result["confidence"][filled], "o", label="confidence")
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"expected calibration error {result['ece']:.3f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_gallery(images, labels, probabilities, names, *, count: int = 16):
+    """The ``count`` most confident mistakes: each image with its true name, the
+    predicted name and the predicted probability."""
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != np.asarray(labels))
+    picked = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    titles = [
+        f"{names[labels[i]]}\nas {names[predicted[i]]} {confidence[i]:.0%}"
+        for i in picked
+    ]
+    return image_grid(np.asarray(images)[picked], titles, ncols=8, cell=1.4)

@@ -155,3 +155,35 @@ def test_learning_rate_schedules_compare_shapes_scaled_to_their_peaks():
     assert list(decay.get_ydata()) == [1.0, 1.0, 1.0]
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["one cycle (peak 0.4)", "decay (peak 0.0005)"]
+
+
+def test_confusion_heatmap_shows_row_shares():
+    fig = plots.confusion_heatmap(np.array([[3, 1], [0, 2]]), ["a", "b"])
+    shares = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(shares, [[0.75, 0.25], [0.0, 1.0]])
+
+
+def test_per_class_bars_pick_the_worst_and_the_best():
+    accuracy = np.array([0.9, 0.1, np.nan, 0.5])
+    fig = plots.per_class_bars(accuracy, ["a", "b", "c", "d"], count=2)
+    worst, best = fig.axes[:2]
+    assert [t.get_text() for t in worst.get_yticklabels()] == ["d", "b"]
+    assert [t.get_text() for t in best.get_yticklabels()] == ["d", "a"]
+
+
+def test_reliability_diagram_draws_the_filled_bins_and_names_the_ece():
+    from cifar_helpers import evaluation
+
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    result = evaluation.reliability(probabilities, np.array([0, 1, 1]), bins=5)
+    fig = plots.reliability_diagram(result)
+    assert len(fig.axes[0].patches) == int((result["counts"] > 0).sum())
+    assert f"{result['ece']:.3f}" in fig.axes[0].get_title()
+
+
+def test_mistakes_gallery_shows_the_most_confident_mistakes_first():
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    probabilities = np.array([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6]])
+    fig = plots.mistakes_gallery(images, np.array([0, 0, 0]), probabilities, ["x", "y"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["x\nas y 80%", "x\nas y 60%"]
