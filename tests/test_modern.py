@@ -171,8 +171,10 @@ def test_weight_decay_shrinks_kernels_but_not_batch_norm():
     for variable, old in zip(model.trainable_variables, before, strict=True):
         name = variable.path
         if name.endswith("kernel"):
+            # float32: the step may round differently by an ulp (1.2e-7 relative);
+            # the decay itself moves every kernel by rate x 0.5 (10 % here).
             np.testing.assert_allclose(
-                keras.ops.convert_to_numpy(variable), old * (1 - rate * 0.5)
+                keras.ops.convert_to_numpy(variable), old * (1 - rate * 0.5), rtol=1e-6
             )
         else:
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), old)
