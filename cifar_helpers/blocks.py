@@ -125,7 +125,9 @@ def dense_block(
     return x
 
 
-def _conv(filters, kernel_size=3, strides=1, *, name):
+def he_conv(filters, kernel_size=3, strides=1, *, name):
+    """The modern blocks' convolution: ``same`` padding, no bias (batch norm
+    follows or precedes it), He-normal initial weights."""
     return keras.layers.Conv2D(
         filters,
         kernel_size,
@@ -144,7 +146,7 @@ def conv_bn_relu(
 
     ``N x H x W x C -> N x H x W x filters``.
     """
-    x = _conv(filters, name=f"{name}_conv")(x)
+    x = he_conv(filters, name=f"{name}_conv")(x)
     x = batch_norm(f"{name}_bn", momentum, synchronized=synchronized)(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -187,11 +189,11 @@ def preact_block(
     a = batch_norm(f"{name}_bn1", momentum, synchronized=synchronized)(x)
     a = keras.layers.ReLU(name=f"{name}_relu1")(a)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv(filters, 1, strides, name=f"{name}_projection")(a)
+        shortcut = he_conv(filters, 1, strides, name=f"{name}_projection")(a)
     else:
         shortcut = x
-    h = _conv(filters, 3, strides, name=f"{name}_conv1")(a)
+    h = he_conv(filters, 3, strides, name=f"{name}_conv1")(a)
     h = batch_norm(f"{name}_bn2", momentum, synchronized=synchronized)(h)
     h = keras.layers.ReLU(name=f"{name}_relu2")(h)
-    h = _conv(filters, 3, name=f"{name}_conv2")(h)
+    h = he_conv(filters, 3, name=f"{name}_conv2")(h)
     return keras.layers.Add(name=f"{name}_add")([shortcut, h])

@@ -17,6 +17,7 @@ from cifar_helpers.blocks import (
     cnn_block,
     conv_bn_relu,
     dense_block,
+    he_conv,
     preact_block,
     residual_block,
     resnet9_residual,
@@ -237,14 +238,7 @@ def preact_resnet18(
     _check_sizes(classes=classes, widths=widths, blocks=blocks, block_size=block_size)
     options = {"momentum": bn_momentum, "synchronized": sync_batch_norm}
     inputs, x = _scaled_inputs(augment)
-    x = keras.layers.Conv2D(
-        widths[0],
-        3,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name="stem_conv",
-    )(x)
+    x = he_conv(widths[0], name="stem_conv")(x)
     for stage, (filters, count) in enumerate(zip(widths, blocks, strict=True), 1):
         for index in range(1, count + 1):
             strides = 2 if stage > 1 and index == 1 else 1
