@@ -5,6 +5,7 @@ every number can be checked by hand; :func:`predict` and :func:`flip_predict` ge
 probabilities from a model. Introduced in notebook 06.
 """
 
+import keras
 import numpy as np
 
 
@@ -128,3 +129,55 @@ def flip_predict(model, images, *, batch_size: int = 500) -> np.ndarray:
         predict(model, images, batch_size=batch_size)
         + predict(model, images[:, :, ::-1], batch_size=batch_size)
     ) / 2
+
+
+def _last_feature_map(model):
+    """The last layer whose output is a 4-D feature map (``N x H x W x C``)."""
+    for layer in reversed(model.layers):
+        if len(layer.output.shape) == 4:
+            return layer.name
+    raise ValueError(f"model {model.name!r} has no layer with a 4-D feature map.")
+
+
+def _logits(model):
+    """The scores before the final softmax (the model's output if it has none)."""
+    last = model.layers[-1]
+    if getattr(last, "activation", None) is keras.activations.softmax and (
+        type(last) is keras.layers.Activation
+    ):
+        return last.input
+    return model.output
+
+
+def grad_cam(model, images, *, classes=None, layer=None) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al., 2017): where in each image the evidence for a
+    class lies, as float32 ``N x H x W`` maps in [0, 1] (each divided by its maximum;
+    all zeros where nothing speaks for the class).
+
+    For each image, the class's score before the softmax (its logit) is
+    differentiated with respect to ``layer``'s feature maps (default: the last
+    layer with a 4-D output, the network's most abstract map); each channel's
+    weight is its mean gradient, and the map is the ReLU of the weighted sum of the
+    channels, resized bilinearly from the layer's resolution to the image's.
+    ``images``: uint8 ``N x H x W x 3``; ``classes``: one class per image, default
+    the predicted one. Runs at inference (no augmentation, no DropBlock).
+    """
+    import tensorflow as tf
+
+    images = np.asarray(images)
+    probe = keras.Model(
+        model.inputs,
+        [model.get_layer(layer or _last_feature_map(model)).output, _logits(model)],
+    )
+    inputs = tf.convert_to_tensor(images)
+    with tf.GradientTape() as tape:
+        features, logits = probe(inputs, training=False)
+        if classes is None:
+            classes = tf.argmax(logits, axis=1)
+        score = tf.gather(logits, tf.cast(classes, tf.int32), axis=1, batch_dims=1)
+    gradients = tf.cast(tape.gradient(score, features), tf.float32)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    maps = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
+    maps = tf.image.resize(maps[..., None], images.shape[1:3])[..., 0]
+    peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    return tf.math.divide_no_nan(maps, peak).numpy()

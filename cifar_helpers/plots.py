@@ -373,3 +373,23 @@ def mistakes_gallery(images, labels, probabilities, names, *, count: int = 16):
         for i in picked
     ]
     return image_grid(np.asarray(images)[picked], titles, ncols=8, cell=1.4)
+
+
+def saliency_maps(images, maps, titles=None, *, alpha: float = 0.5):
+    """Each uint8 image (``N x H x W x 3``) above itself overlaid with its saliency
+    map (``N x H x W`` in [0, 1], such as ``evaluation.grad_cam``'s), drawn with the
+    "jet" colour map: red where the evidence for the class is strongest."""
+    images, maps = np.asarray(images), np.asarray(maps)
+    fig, axes = plt.subplots(
+        2, len(images), figsize=(1.6 * len(images), 3.6), squeeze=False
+    )
+    for i, (image, heat) in enumerate(zip(images, maps, strict=True)):
+        axes[0, i].imshow(image)
+        axes[1, i].imshow(image)
+        axes[1, i].imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=alpha)
+        if titles is not None:
+            axes[0, i].set_title(titles[i], fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

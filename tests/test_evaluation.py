@@ -106,3 +106,57 @@ def test_flip_predict_averages_each_image_and_its_mirror():
         evaluation.flip_predict(keras_model, images), (single + mirrored) / 2, rtol=1e-6
     )
     assert single.shape == (6, 5) and single.dtype == np.float32
+
+
+def _one_filter_model():
+    """8 x 8 grey images -> a 2 x 2 mean (a 4 x 4 feature map, "features") -> global
+    average -> logits (+1, -1) x that mean -> softmax. Class 0's evidence is the
+    image's brightness, class 1's its darkness."""
+    import keras
+
+    images = keras.Input((8, 8, 1))
+    features = keras.layers.Conv2D(1, 2, strides=2, use_bias=False, name="features")
+    x = keras.layers.GlobalAveragePooling2D()(features(images))
+    logits = keras.layers.Dense(2, use_bias=False, name="logits")
+    outputs = keras.layers.Activation("softmax")(logits(x))
+    model = keras.Model(images, outputs)
+    features.set_weights([np.full((2, 2, 1, 1), 0.25)])
+    logits.set_weights([np.array([[1.0, -1.0]])])
+    return model
+
+
+def test_grad_cam_lights_up_where_the_evidence_for_the_class_is():
+    model = _one_filter_model()
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    image[0, 4:, :4] = 1.0  # a bright bottom-left quarter
+    # Class 0: each channel's weight is +1/16, so the map is the feature map itself
+    # (1 in the bright 2 x 2 feature cells, 0 elsewhere), resized bilinearly to 8 x 8.
+    heat = evaluation.grad_cam(model, image, classes=[0])[0]
+    assert heat.shape == (8, 8) and heat.max() == 1.0
+    assert np.all(heat[5:, :3] == 1.0) and np.all(heat[:3, :] == 0.0)
+    assert np.all(heat[:, 5:] == 0.0)
+    # Class 1's weight is -1/16: nothing in the image speaks for it.
+    assert np.all(evaluation.grad_cam(model, image, classes=[1]) == 0.0)
+
+
+def test_grad_cam_explains_the_predicted_class_by_default():
+    model = _one_filter_model()
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    image[0, 4:, :4] = 1.0  # predicted: class 0 (logits +1/4, -1/4)
+    np.testing.assert_array_equal(
+        evaluation.grad_cam(model, image),
+        evaluation.grad_cam(model, image, classes=[0]),
+    )
+
+
+def test_grad_cam_on_the_modern_network_uses_its_last_feature_map():
+    from cifar_helpers import models
+
+    model = models.resnet9(widths=(8, 8, 16, 16))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    assert evaluation._last_feature_map(model) == "layer3_dropblock"
+    heat = evaluation.grad_cam(model, images)
+    assert heat.shape == (3, 32, 32) and heat.dtype == np.float32
+    assert np.all((heat >= 0) & (heat <= 1))
+    # Each map is divided by its maximum, unless nothing speaks for the class.
+    assert np.all(np.isin(heat.max(axis=(1, 2)), [0.0, 1.0]))

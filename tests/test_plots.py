@@ -187,3 +187,13 @@ def test_mistakes_gallery_shows_the_most_confident_mistakes_first():
     fig = plots.mistakes_gallery(images, np.array([0, 0, 0]), probabilities, ["x", "y"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["x\nas y 80%", "x\nas y 60%"]
+
+
+def test_saliency_maps_overlay_each_map_on_its_image():
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    maps = np.linspace(0, 1, 3 * 32 * 32).reshape(3, 32, 32)
+    fig = plots.saliency_maps(images, maps, ["a", "b", "c"])
+    overlays = fig.axes[3:]  # the second row
+    assert [len(ax.images) for ax in overlays] == [2, 2, 2]
+    np.testing.assert_allclose(overlays[1].images[1].get_array(), maps[1])
+    assert fig.axes[2].get_title() == "c"

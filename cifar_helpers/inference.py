@@ -1,0 +1,216 @@
+"""Your own images and shipping a model: read any photo as the network sees it,
+name its top classes, load a trained model from where ``train`` or :func:`export`
+left it, and export one for TensorFlow Serving or TF Lite. Introduced in notebook 06;
+``python -m cifar_helpers predict`` and ``export`` compose these functions.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 32  # CIFAR's images are 32 x 32 RGB
+CLASSES_FILE = "classes.json"  # the class names, beside a saved model
+SAVED_MODEL = "saved_model"  # the SavedModel folder inside an export
+
+
+class ImageError(ValueError):
+    """A file that cannot be read as an image; the message says why."""
+
+
+class ModelError(ValueError):
+    """A path that holds no model this module can load; the message says why."""
+
+
+def to_cifar(image, size: int = SIZE) -> np.ndarray:
+    """A PIL image as CIFAR sees one: uint8 ``size x size x 3`` RGB.
+
+    Transparent pixels (RGBA, grey + alpha, palettes with transparency) are laid on
+    white, grey images get three equal channels, the largest centred square is kept
+    (CIFAR's photos are square, with the object in the middle), and the square is
+    resized with Lanczos filtering, which averages away detail when it shrinks a
+    photo instead of aliasing it.
+    """
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)  # phone photos store their rotation
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def read_image(path) -> np.ndarray:
+    """The image file at ``path`` (PNG, JPEG, or anything else Pillow reads, of any
+    size, grey, RGB or with transparency) as uint8 ``32 x 32 x 3`` (:func:`to_cifar`).
+
+    Raises :class:`ImageError` naming the file for a missing, unreadable, damaged or
+    non-image file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            # A JPEG can decode at 1/2, 1/4 or 1/8 scale: a 12-megapixel photo then
+            # costs a fraction of the time and memory, and still has far more than
+            # 32 x 32 pixels to average.
+            image.draft("RGB", (4 * SIZE, 4 * SIZE))
+            image.load()
+            return to_cifar(image)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file; check the path.") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: a folder, not an image file.") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{path}: not an image (Pillow recognises no image format in it); "
+            "give a PNG or JPEG file."
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(
+            f"{path}: {error} Shrink the image below that size first."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(
+            f"{path}: the image is damaged or truncated ({error}); save it again "
+            "or use another copy."
+        ) from None
+
+
+def top_k(probabilities, names, k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most probable classes of one image, as ``(name, probability)``,
+    most probable first (ties: the lower class index first)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 1 or len(probabilities) != len(names):
+        raise ValueError(
+            f"probabilities of shape {probabilities.shape} for {len(names)} names: "
+            "give one image's probabilities, one per class name."
+        )
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(names[i], float(probabilities[i])) for i in order]
+
+
+def write_class_names(folder, names):
+    """Write ``names`` to ``folder/classes.json``, where :func:`load_classifier`
+    finds them."""
+    path = Path(folder) / CLASSES_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(list(names), indent=1))
+    os.replace(partial, path)
+
+
+def _class_names(folder: Path, classes: int) -> list[str]:
+    """The names saved beside a model; for a run folder of ``train`` without them,
+    the names of the data it was trained on; else ``class 0``, ``class 1``..."""
+    saved = folder / CLASSES_FILE
+    if saved.is_file():
+        names = json.loads(saved.read_text())
+    elif (folder / "run.json").is_file():
+        from cifar_helpers import data
+
+        names = data.load_cifar100(
+            json.loads((folder / "run.json").read_text())["data"]
+        )
+        names = list(names.fine_names)
+    else:
+        return [f"class {i}" for i in range(classes)]
+    if len(names) != classes:
+        raise ModelError(
+            f"{saved}: {len(names)} class names for a model with {classes} outputs; "
+            "the names belong to another model."
+        )
+    return names
+
+
+def load_classifier(path):
+    """A trained model from ``path`` and its class names: ``(predict, names)``.
+
+    ``path`` is a ``.keras`` file, a run folder of ``python -m cifar_helpers train``
+    (its ``model.keras``), an :func:`export` folder, or a SavedModel folder (loaded
+    with TensorFlow alone, as TensorFlow Serving does). ``predict`` maps uint8
+    ``N x 32 x 32 x 3`` images to float32 ``N x classes`` probabilities.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "model.keras").is_file():
+        path = path / "model.keras"
+    if path.is_file() and path.suffix == ".keras":
+        import keras
+
+        import cifar_helpers.models  # noqa: F401  registers the custom layers
+
+        model = keras.saving.load_model(path, compile=False)
+
+        def predict(images):
+            return np.asarray(model.predict(np.asarray(images), verbose=0))
+
+        classes = model.output_shape[-1]
+    elif path.is_dir() and (path / "saved_model.pb").is_file():
+        import tensorflow as tf
+
+        served = tf.saved_model.load(str(path))
+
+        def predict(images):
+            return served.serve(tf.constant(np.asarray(images, dtype=np.uint8))).numpy()
+
+        # export() writes the names into the SavedModel folder too, so that they
+        # travel with it.
+        (output,) = served.signatures["serving_default"].structured_outputs.values()
+        return predict, _class_names(path, output.shape[-1])
+    else:
+        raise ModelError(
+            f"{path}: no model here. Give a .keras file, the --out folder of a "
+            "finished `train` command (it holds model.keras), or an export folder."
+        )
+    return predict, _class_names(path.parent, classes)
+
+
+def export(model, folder, names) -> Path:
+    """Write ``model`` for use elsewhere, into the new folder ``folder``:
+
+    - ``model.keras``: the Keras model (reload with ``keras.saving.load_model``
+      after ``import cifar_helpers.models``);
+    - ``saved_model/``: a TensorFlow SavedModel whose ``serve`` signature takes uint8
+      ``N x 32 x 32 x 3`` images and returns the probabilities; it needs TensorFlow
+      only, and feeds TensorFlow Serving and the TF Lite converter;
+    - ``classes.json``: the class names, in output order.
+
+    The folder is written under a temporary name and renamed when complete, so an
+    interrupted export leaves no half-written folder. An existing ``folder`` is
+    refused rather than overwritten.
+    """
+    import tensorflow as tf
+
+    folder = Path(folder)
+    if folder.exists():
+        raise ModelError(
+            f"{folder} exists already; choose a new folder (or delete this one) to "
+            "export into."
+        )
+    if len(names) != model.output_shape[-1]:
+        raise ModelError(
+            f"{len(names)} class names for a model with {model.output_shape[-1]} "
+            "outputs: give one name per output."
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save(partial / "model.keras")
+        images = tf.TensorSpec((None, SIZE, SIZE, 3), tf.uint8, name="images")
+        model.export(partial / SAVED_MODEL, input_signature=[images], verbose=False)
+        write_class_names(partial, names)
+        write_class_names(partial / SAVED_MODEL, names)
+        os.replace(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder
