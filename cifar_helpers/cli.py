@@ -1,9 +1,11 @@
-"""``python -m cifar_helpers train|evaluate``: the notebooks' recipe, headless.
+"""``python -m cifar_helpers train|evaluate|predict|export``: the notebooks, headless.
 
 ``train`` builds a model, trains it with :func:`cifar_helpers.training.fit` and
 writes a run folder; running the same command again resumes an interrupted run (or
 reports a finished one). ``evaluate`` scores a run's saved model on the test set.
-Introduced in notebook 02.
+``predict`` names the top classes of your own images and ``export`` writes a model
+for TensorFlow Serving or TF Lite (:mod:`cifar_helpers.inference`). Introduced in
+notebook 02 (``predict`` and ``export`` in notebook 06).
 """
 
 import argparse
@@ -152,7 +154,7 @@ def train(args) -> dict:
         print(f"{run_dir} already holds a finished run; its results:")
         return json.loads(results_path.read_text())
 
-    from cifar_helpers import data, plots, training
+    from cifar_helpers import data, inference, plots, training
 
     # A multi-worker strategy must exist before any other TensorFlow work.
     strategy = training.choose_strategy(args.strategy)
@@ -197,6 +199,7 @@ def train(args) -> dict:
     partial = run_dir / "model.partial.keras"
     model.save(partial)
     os.replace(partial, model_path)
+    inference.write_class_names(run_dir, split.fine_names)
     _write_atomic(run_dir / "history.json", json.dumps(history, indent=2))
     figure = plots.training_curves(history, title=f"{args.model}: {split.source}")
     figure.savefig(run_dir / "curves.png", dpi=100)
@@ -241,6 +244,46 @@ def evaluate(args) -> dict:
     )
 
 
+def predict(args) -> int:
+    """Print the top classes of each image; return how many could not be read."""
+    from cifar_helpers import inference
+
+    predict_fn, names = inference.load_classifier(args.model)
+    images, paths, failed = [], [], 0
+    for path in args.images:
+        try:
+            images.append(inference.read_image(path))
+            paths.append(path)
+        except inference.ImageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    if images:
+        import numpy as np
+
+        for path, probabilities in zip(
+            paths, predict_fn(np.stack(images)), strict=True
+        ):
+            print(path)
+            for rank, (name, p) in enumerate(
+                inference.top_k(probabilities, names, args.top), 1
+            ):
+                print(f"  {rank}. {name:24s} {p:7.2%}")
+    return failed
+
+
+def export(args) -> dict:
+    """Export a trained model (see :func:`cifar_helpers.inference.export`)."""
+    from cifar_helpers import inference
+
+    model, names = inference.load_model(args.model)
+    folder = inference.export(model, args.out, names)
+    print(
+        f"exported to {folder}: model.keras, saved_model/ (serve: uint8 images), "
+        "classes.json"
+    )
+    return {"folder": str(folder)}
+
+
 def _parser():
     from cifar_helpers import config
     from cifar_helpers.training import STRATEGIES
@@ -279,6 +322,27 @@ def _parser():
     )
     e = commands.add_parser("evaluate", help="test accuracy and loss of a run")
     e.add_argument("run_dir", help="the --out folder of a finished train command")
+    model_help = (
+        "a run folder of `train`, a .keras file, an `export` folder or a SavedModel "
+        "folder"
+    )
+    p = commands.add_parser(
+        "predict",
+        help="the top classes of your own images",
+        description="Name the most probable classes of each image (PNG, JPEG, ... "
+        "of any size; grey and transparent images too), brought to 32 x 32 RGB as "
+        "CIFAR's photos are. Exit status 1 if some image could not be read.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
+    x = commands.add_parser(
+        "export", help="write a model for TensorFlow Serving or TF Lite"
+    )
+    x.add_argument(
+        "model", help="a run folder of `train`, an export folder or a .keras file"
+    )
+    x.add_argument("--out", required=True, help="a new folder to write the export to")
     return parser
 
 
@@ -288,12 +352,20 @@ def main(argv=None) -> int:
     args.argv = argv
     if getattr(args, "epochs", None) is not None and args.epochs < 1:
         _parser().error(f"--epochs {args.epochs}: use a whole number of at least 1")
+    if getattr(args, "top", 1) < 1:
+        _parser().error(f"--top {args.top}: use a whole number of at least 1")
     from cifar_helpers.data import DatasetError
+    from cifar_helpers.inference import ModelError
     from cifar_helpers.training import StrategyError
 
     try:
+        if args.command == "predict":
+            return 1 if predict(args) else 0
+        if args.command == "export":
+            export(args)
+            return 0
         results = train(args) if args.command == "train" else evaluate(args)
-    except (RunError, DatasetError, StrategyError) as error:
+    except (RunError, DatasetError, StrategyError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if results.get("worker"):

@@ -109,9 +109,11 @@ def write_class_names(folder, names):
     os.replace(partial, path)
 
 
-def _class_names(folder: Path, classes: int) -> list[str]:
-    """The names saved beside a model; for a run folder of ``train`` without them,
-    the names of the data it was trained on; else ``class 0``, ``class 1``..."""
+def class_names(folder: Path, classes: int) -> list[str]:
+    """The ``classes`` names of the model saved in ``folder``: its ``classes.json``;
+    for a run folder of ``train`` without one, the names of the data it was trained
+    on; else ``class 0``, ``class 1``... Raises :class:`ModelError` when the saved
+    names do not match the model."""
     saved = folder / CLASSES_FILE
     if saved.is_file():
         names = json.loads(saved.read_text())
@@ -132,46 +134,59 @@ def _class_names(folder: Path, classes: int) -> list[str]:
     return names
 
 
+def _keras_file(path: Path) -> Path | None:
+    if path.is_dir() and (path / "model.keras").is_file():
+        return path / "model.keras"
+    return path if path.is_file() and path.suffix == ".keras" else None
+
+
+def load_model(path):
+    """The Keras model at ``path`` (a ``.keras`` file, or a run or export folder
+    holding ``model.keras``) without its training state, and its class names:
+    ``(model, names)``."""
+    import keras
+
+    import cifar_helpers.models  # noqa: F401  registers the series' custom layers
+
+    file = _keras_file(Path(path))
+    if file is None:
+        raise ModelError(
+            f"{path}: no Keras model here. Give a .keras file, or the --out folder "
+            "of a finished `train` command (it holds model.keras)."
+        )
+    model = keras.saving.load_model(file, compile=False)
+    return model, class_names(file.parent, model.output_shape[-1])
+
+
 def load_classifier(path):
     """A trained model from ``path`` and its class names: ``(predict, names)``.
 
-    ``path`` is a ``.keras`` file, a run folder of ``python -m cifar_helpers train``
-    (its ``model.keras``), an :func:`export` folder, or a SavedModel folder (loaded
-    with TensorFlow alone, as TensorFlow Serving does). ``predict`` maps uint8
-    ``N x 32 x 32 x 3`` images to float32 ``N x classes`` probabilities.
+    ``path`` is anything :func:`load_model` takes, an :func:`export` folder, or a
+    SavedModel folder (loaded with TensorFlow alone, as TensorFlow Serving does).
+    ``predict`` maps uint8 ``N x 32 x 32 x 3`` images to float32 ``N x classes``
+    probabilities.
     """
     path = Path(path)
-    if path.is_dir() and (path / "model.keras").is_file():
-        path = path / "model.keras"
-    if path.is_file() and path.suffix == ".keras":
-        import keras
-
-        import cifar_helpers.models  # noqa: F401  registers the custom layers
-
-        model = keras.saving.load_model(path, compile=False)
-
-        def predict(images):
-            return np.asarray(model.predict(np.asarray(images), verbose=0))
-
-        classes = model.output_shape[-1]
-    elif path.is_dir() and (path / "saved_model.pb").is_file():
+    if _keras_file(path) is not None:
+        model, names = load_model(path)
+        return lambda images: np.asarray(model.predict(images, verbose=0)), names
+    if path.is_dir() and (path / "saved_model.pb").is_file():
         import tensorflow as tf
 
         served = tf.saved_model.load(str(path))
 
         def predict(images):
-            return served.serve(tf.constant(np.asarray(images, dtype=np.uint8))).numpy()
+            return served.serve(tf.constant(images, dtype=tf.uint8)).numpy()
 
         # export() writes the names into the SavedModel folder too, so that they
         # travel with it.
         (output,) = served.signatures["serving_default"].structured_outputs.values()
-        return predict, _class_names(path, output.shape[-1])
-    else:
-        raise ModelError(
-            f"{path}: no model here. Give a .keras file, the --out folder of a "
-            "finished `train` command (it holds model.keras), or an export folder."
-        )
-    return predict, _class_names(path.parent, classes)
+        return predict, class_names(path, output.shape[-1])
+    raise ModelError(
+        f"{path}: no model here. Give a .keras file, the --out folder of a "
+        "finished `train` command (it holds model.keras), an export folder or a "
+        "SavedModel folder."
+    )
 
 
 def export(model, folder, names) -> Path:

@@ -1,4 +1,5 @@
-"""python -m cifar_helpers train / evaluate, end to end on the synthetic archive."""
+"""python -m cifar_helpers train / evaluate / predict / export, end to end on the
+synthetic archive."""
 
 import json
 import subprocess
@@ -27,6 +28,7 @@ def test_train_writes_the_whole_run_folder(finished_run):
         "history.json",
         "curves.png",
         "run.json",
+        "classes.json",
     ):
         assert (out / name).is_file(), name
     assert any((out / "logs").iterdir())
@@ -113,3 +115,90 @@ def test_a_strategy_this_machine_lacks_is_refused(tmp_path, capsys):
     argv = ["train", "--model", "resnet9", "--out", str(tmp_path), "--strategy", "tpu"]
     assert cli.main([*argv, *SMOKE]) == 2
     assert "no TPU found" in capsys.readouterr().err
+
+
+# A fresh Python with TensorFlow alone: the exported SavedModel and, after
+# TF Lite conversion, the flat buffer, each predicting the images in IMAGES.
+FRESH_READER = """
+import sys
+import numpy as np
+import tensorflow as tf
+folder, images = sys.argv[1], np.load(sys.argv[2])
+served = tf.saved_model.load(folder + "/saved_model")
+np.save(sys.argv[3], served.serve(tf.constant(images)).numpy())
+assert "cifar_helpers" not in sys.modules  # no custom code needed
+converter = tf.lite.TFLiteConverter.from_saved_model(folder + "/saved_model")
+interpreter = tf.lite.Interpreter(model_content=converter.convert())
+lite = interpreter.get_signature_runner("serving_default")
+np.save(sys.argv[4], lite(images=images)["output_0"])
+"""
+
+
+def _synthetic_test_images(count):
+    from cifar_helpers import data
+
+    cifar = data.load_cifar100("synthetic")
+    return cifar.x_test[:count], [cifar.fine_names[y] for y in cifar.y_test[:count]]
+
+
+def test_predict_names_the_top_five_of_each_image_and_skips_a_broken_one(
+    finished_run, tmp_path, capsys
+):
+    from PIL import Image
+
+    from cifar_helpers import inference
+
+    out, _ = finished_run
+    images, _ = _synthetic_test_images(2)
+    paths = [tmp_path / "first.png", tmp_path / "broken.jpg", tmp_path / "second.jpg"]
+    Image.fromarray(images[0]).save(paths[0])
+    paths[1].write_text("not a photo")
+    Image.fromarray(images[1]).save(paths[2], quality=95)
+    assert cli.main(["predict", *map(str, paths), "--model", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert "broken.jpg: not an image" in printed.err
+    lines = printed.out.splitlines()
+    assert lines[0] == str(paths[0]) and lines[6] == str(paths[2]) and len(lines) == 12
+    # The first image is a lossless PNG: its top five are the saved model's own.
+    predict, names = inference.load_classifier(out)
+    top = inference.top_k(predict(images[:1])[0], names)
+    assert lines[1:6] == [
+        f"  {rank}. {name:24s} {p:7.2%}" for rank, (name, p) in enumerate(top, 1)
+    ]
+
+
+def test_export_of_a_trained_run_predicts_identically_in_a_fresh_process(
+    finished_run, tmp_path, capsys
+):
+    import numpy as np
+
+    from cifar_helpers import inference
+
+    out, _ = finished_run
+    folder = tmp_path / "export"
+    assert cli.main(["export", str(out), "--out", str(folder)]) == 0
+    assert "exported to" in capsys.readouterr().out
+    images, _ = _synthetic_test_images(16)
+    np.save(tmp_path / "images.npy", images)
+    paths = [str(tmp_path / name) for name in ("served.npy", "lite.npy")]
+    subprocess.run(
+        [sys.executable, "-c", FRESH_READER, str(folder), str(tmp_path / "images.npy")]
+        + paths,
+        check=True,
+    )
+    model, names = inference.load_model(out)
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_array_equal(np.load(paths[0]), expected)
+    np.testing.assert_allclose(np.load(paths[1]), expected, atol=1e-5)
+    assert inference.load_model(folder)[1] == names
+
+
+def test_export_refuses_a_folder_that_exists(finished_run, tmp_path, capsys):
+    out, _ = finished_run
+    assert cli.main(["export", str(out), "--out", str(tmp_path)]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_predict_without_a_model_says_what_to_give(tmp_path, capsys):
+    assert cli.main(["predict", "photo.jpg", "--model", str(tmp_path)]) == 2
+    assert "no model here" in capsys.readouterr().err
