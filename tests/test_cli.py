@@ -117,8 +117,8 @@ def test_a_strategy_this_machine_lacks_is_refused(tmp_path, capsys):
     assert "no TPU found" in capsys.readouterr().err
 
 
-# A fresh Python with TensorFlow alone: the exported SavedModel and, after
-# TF Lite conversion, the flat buffer, each predicting the images in IMAGES.
+# A fresh Python: the exported SavedModel (with TensorFlow alone), its TF Lite
+# conversion, then the exported .keras file, each predicting the same images.
 FRESH_READER = """
 import sys
 import numpy as np
@@ -131,6 +131,9 @@ converter = tf.lite.TFLiteConverter.from_saved_model(folder + "/saved_model")
 interpreter = tf.lite.Interpreter(model_content=converter.convert())
 lite = interpreter.get_signature_runner("serving_default")
 np.save(sys.argv[4], lite(images=images)["output_0"])
+from cifar_helpers import inference
+model, _ = inference.load_model(folder)
+np.save(sys.argv[5], model(images, training=False))
 """
 
 
@@ -180,15 +183,18 @@ def test_export_of_a_trained_run_predicts_identically_in_a_fresh_process(
     assert "exported to" in capsys.readouterr().out
     images, _ = _synthetic_test_images(16)
     np.save(tmp_path / "images.npy", images)
-    paths = [str(tmp_path / name) for name in ("served.npy", "lite.npy")]
+    paths = [str(tmp_path / f"{name}.npy") for name in ("served", "lite", "keras")]
     subprocess.run(
         [sys.executable, "-c", FRESH_READER, str(folder), str(tmp_path / "images.npy")]
         + paths,
         check=True,
     )
     model, names = inference.load_model(out)
-    expected = model.predict(images, verbose=0)
+    # The same computation on the same batch: bitwise the same numbers. (Another
+    # batch size or XLA may sum in another order and differ by float rounding.)
+    expected = model(images, training=False).numpy()
     np.testing.assert_array_equal(np.load(paths[0]), expected)
+    np.testing.assert_array_equal(np.load(paths[2]), expected)
     np.testing.assert_allclose(np.load(paths[1]), expected, atol=1e-5)
     assert inference.load_model(folder)[1] == names
 
