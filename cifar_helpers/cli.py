@@ -154,7 +154,7 @@ def train(args) -> dict:
         print(f"{run_dir} already holds a finished run; its results:")
         return json.loads(results_path.read_text())
 
-    from cifar_helpers import data, inference, plots, training
+    from cifar_helpers import inference, plots, training
 
     # A multi-worker strategy must exist before any other TensorFlow work.
     strategy = training.choose_strategy(args.strategy)
@@ -168,14 +168,8 @@ def train(args) -> dict:
     )
     split = _load_split(args)
     print(split.summary())
-    train_ds = data.make_dataset(
-        split.x_train, split.y_train, batch_size=recipe.batch_size, training=True
-    )
-    val_ds = data.make_dataset(
-        split.x_val,
-        split.y_val,
-        batch_size=training.eval_batch_size(len(split.y_val), recipe.batch_size),
-        training=False,
+    train_ds, val_ds = training.split_datasets(
+        split, recipe.batch_size, strategy.num_replicas_in_sync
     )
     with strategy.scope():
         model = training.compile_model(

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ class ModelError(ValueError):
 def to_cifar(image, size: int = SIZE) -> np.ndarray:
     """A PIL image as CIFAR sees one: uint8 ``size x size x 3`` RGB.
 
-    Transparent pixels (RGBA, grey + alpha, palettes with transparency) are laid on
-    white, grey images get three equal channels, the largest centred square is kept
+    Transparent pixels (RGBA, grey + alpha, a palette or a colour marked
+    transparent) are laid on white, 16-bit grey is scaled to 8 bits, grey images get
+    three equal channels, the largest centred square is kept
     (CIFAR's photos are square, with the object in the middle), and the square is
     resized with Lanczos filtering, which averages away detail when it shrinks a
     photo instead of aliasing it.
@@ -37,7 +39,9 @@ def to_cifar(image, size: int = SIZE) -> np.ndarray:
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)  # phone photos store their rotation
-    if image.mode == "P":
+    if image.mode in ("I", "I;16", "I;16L", "I;16B"):  # 16-bit grey: 0..65535
+        image = Image.fromarray((np.asarray(image) / 257).round().astype(np.uint8))
+    if image.mode == "P" or "transparency" in image.info:  # a transparent colour
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -73,8 +77,8 @@ def read_image(path) -> np.ndarray:
         raise ImageError(f"{path}: a folder, not an image file.") from None
     except UnidentifiedImageError:
         raise ImageError(
-            f"{path}: not an image (Pillow recognises no image format in it); "
-            "give a PNG or JPEG file."
+            f"{path}: not an image Pillow can read (no format it knows); give a "
+            "PNG or JPEG file (an iPhone's HEIC photo: save it as JPEG first)."
         ) from None
     except Image.DecompressionBombError as error:
         raise ImageError(
@@ -125,6 +129,12 @@ def class_names(folder: Path, classes: int) -> list[str]:
         )
         names = list(names.fine_names)
     else:
+        warnings.warn(
+            f"{folder}: no classes.json beside the model, so its classes are "
+            "numbered; save the names with inference.write_class_names(folder, "
+            "names).",
+            stacklevel=2,
+        )
         return [f"class {i}" for i in range(classes)]
     if len(names) != classes:
         raise ModelError(
@@ -189,11 +199,34 @@ def load_classifier(path):
     )
 
 
-def export(model, folder, names) -> Path:
-    """Write ``model`` for use elsewhere, into the new folder ``folder``:
+def float32_copy(model):
+    """``model`` rebuilt with every layer computing in float32, with its weights and
+    without its training state (optimizer, loss).
 
-    - ``model.keras``: the Keras model (reload with ``keras.saving.load_model``
-      after ``import cifar_helpers.models``);
+    A model trained under mixed precision keeps its weights in float32 already, so
+    nothing is lost; its 16-bit computations would tie an exported model to
+    accelerators (CPUs and TF Lite's converter lack many 16-bit kernels).
+    """
+    import keras
+
+    import cifar_helpers.models  # noqa: F401  registers the series' custom layers
+
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer":  # its dtype is the input's: uint8
+            layer["config"]["dtype"] = "float32"
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def export(model, folder, names) -> Path:
+    """Write ``model`` for use elsewhere, in float32 (:func:`float32_copy`), into
+    the new folder ``folder``:
+
+    - ``model.keras``: the Keras model, without training state (reload with
+      ``keras.saving.load_model`` after ``import cifar_helpers.models``, or with
+      :func:`load_model`);
     - ``saved_model/``: a TensorFlow SavedModel whose ``serve`` signature takes uint8
       ``N x 32 x 32 x 3`` images and returns the probabilities; it needs TensorFlow
       only, and feeds TensorFlow Serving and the TF Lite converter;
@@ -216,6 +249,7 @@ def export(model, folder, names) -> Path:
             f"{len(names)} class names for a model with {model.output_shape[-1]} "
             "outputs: give one name per output."
         )
+    model = float32_copy(model)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

@@ -349,7 +349,13 @@ def reliability_diagram(result):
         label="accuracy",
     )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot(centres[filled], result["confidence"][filled], "o", label="confidence")
+    ax.plot(
+        centres[filled],
+        result["confidence"][filled],
+        "o",
+        color="tab:orange",  # the bars are blue
+        label="mean confidence",
+    )
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

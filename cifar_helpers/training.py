@@ -313,6 +313,31 @@ def eval_batch_size(count: int, preferred: int, replicas: int = 1) -> int:
     return preferred
 
 
+def split_datasets(split, batch_size: int, replicas: int = 1):
+    """``(train, validation)`` datasets of a split with a validation part (see
+    :func:`cifar_helpers.data.with_validation_split`), as :func:`fit` takes them:
+    shuffled full training batches of ``batch_size``, and validation batches of
+    :func:`eval_batch_size`."""
+    from cifar_helpers import data
+
+    train = data.make_dataset(
+        split.x_train, split.y_train, batch_size=batch_size, training=True
+    )
+    val_batch = eval_batch_size(len(split.y_val), batch_size, replicas)
+    val = data.make_dataset(
+        split.x_val, split.y_val, batch_size=val_batch, training=False
+    )
+    return train, val
+
+
+def run_finished(run_dir) -> bool:
+    """Whether :func:`fit` finished in ``run_dir``: it holds ``best.keras`` and no
+    ``backup/`` (``BackupAndRestore`` deletes it when training ends, early stopping
+    included; an interrupted run leaves it, and :func:`fit` resumes from it)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "best.keras").is_file() and not (run_dir / "backup").exists()
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Log each epoch's wall time (training and validation) as ``epoch_seconds``."""
 

@@ -91,6 +91,22 @@ def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
     assert np.all(image[:, 18:, 0] > 200) and np.all(image[:, 18:, 2] < 50)
 
 
+def test_sixteen_bit_grey_is_scaled_to_eight_bits(tmp_path):
+    grey = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64  # 0 .. 65472
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    image = inference.read_image(tmp_path / "deep.png")
+    np.testing.assert_array_equal(image[..., 0], np.round(grey / 257).astype(np.uint8))
+
+
+def test_a_colour_marked_transparent_is_laid_on_white(tmp_path):
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:, :16] = RED  # the right half stays black, the colour marked transparent
+    _save(pixels, tmp_path / "keyed.png", transparency=(0, 0, 0))
+    image = inference.read_image(tmp_path / "keyed.png")
+    np.testing.assert_array_equal(image[:, :16], np.broadcast_to(RED, (32, 16, 3)))
+    np.testing.assert_array_equal(image[:, 16:], np.full((32, 16, 3), 255))
+
+
 @pytest.mark.parametrize(
     "name, content, message",
     [
@@ -142,7 +158,9 @@ def test_top_k_wants_one_probability_per_name():
 
 
 def test_class_names_come_from_classes_json_or_are_numbered(tmp_path):
-    assert inference.class_names(tmp_path, 3) == ["class 0", "class 1", "class 2"]
+    with pytest.warns(UserWarning, match="no classes.json beside the model"):
+        numbered = inference.class_names(tmp_path, 3)
+    assert numbered == ["class 0", "class 1", "class 2"]
     inference.write_class_names(tmp_path, ["cat", "dog"])
     assert inference.class_names(tmp_path, 2) == ["cat", "dog"]
     with pytest.raises(inference.ModelError, match="2 class names for a model with 5"):
@@ -161,6 +179,35 @@ def tiny_model():
     from cifar_helpers import models
 
     return models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8, classes=3)
+
+
+def test_a_float32_copy_computes_what_the_model_does_without_training_state():
+    from cifar_helpers import models, training
+
+    model = training.compile_model(models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8))
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    copy = inference.float32_copy(model)
+    assert model.compiled and not copy.compiled
+    np.testing.assert_array_equal(copy(images), model(images))
+
+
+def test_a_mixed_precision_model_exports_in_float32_for_tf_lite(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from cifar_helpers import models
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.resnet9(widths=(4, 4, 8, 8), classes=3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("prep_conv").compute_dtype == "bfloat16"
+    folder = inference.export(model, tmp_path / "export", ["a", "b", "c"])
+    exported, _ = inference.load_model(folder)
+    assert {layer.compute_dtype for layer in exported.layers[1:]} == {"float32"}
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / "saved_model"))
+    assert len(converter.convert()) > 0  # bfloat16 ops would fail to convert
 
 
 def test_export_refuses_an_existing_folder_and_leaves_it_alone(tiny_model, tmp_path):

@@ -100,7 +100,7 @@ def test_fit_runs_the_recipe_and_writes_the_run_folder(cifar, tmp_path):
     assert {"val_loss", "val_accuracy", "val_top5"} <= set(logged)
     assert all(seconds > 0 for seconds in logged["epoch_seconds"])
     assert np.all(np.isfinite(logged["loss"]))
-    assert (tmp_path / "best.keras").is_file()
+    assert (tmp_path / "best.keras").is_file() and training.run_finished(tmp_path)
     rows = _rows(tmp_path / "history.csv")
     assert len(rows) == 2
     assert {"learning_rate", "keep_prob", "epoch_seconds", "val_loss"} <= set(rows[0])
@@ -126,6 +126,8 @@ def test_a_resumed_run_continues_from_its_last_finished_epoch(cifar, tmp_path):
             tensorboard=False,
             extra_callbacks=[_Interrupt()],
         )
+    # Epoch 0's checkpoint exists, but the backup says the run is not finished.
+    assert (tmp_path / "best.keras").is_file() and not training.run_finished(tmp_path)
     resumed = training.fit(
         _narrow_resnet(), train, val, tmp_path, epochs=3, verbose=0, tensorboard=False
     )
@@ -134,6 +136,16 @@ def test_a_resumed_run_continues_from_its_last_finished_epoch(cifar, tmp_path):
     )
     assert resumed.history["keep_prob"] == pytest.approx([0.995, 0.99])
     assert [row["epoch"] for row in _rows(tmp_path / "history.csv")] == ["0", "1", "2"]
+    assert training.run_finished(tmp_path)
+
+
+def test_split_datasets_give_full_training_batches_and_even_validation_ones(cifar):
+    split = data.with_validation_split(cifar, val_per_class=2, seed=0)  # 200 images
+    train, val = training.split_datasets(split, batch_size=64, replicas=2)
+    assert all(images.shape[0] == 64 for images, _ in train)
+    assert len(train) == len(split.y_train) // 64
+    # 50: the largest size up to 64 that divides 200 and splits over 2 replicas.
+    assert [images.shape[0] for images, _ in val] == [50] * 4
 
 
 def test_a_resume_keeps_the_checkpoints_best_score_from_before(tmp_path):
