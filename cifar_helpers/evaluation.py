@@ -166,7 +166,7 @@ def grad_cam(model, images, *, classes=None, layer=None) -> np.ndarray:
 
     images = np.asarray(images)
     probe = keras.Model(
-        model.inputs,
+        model.input,
         [model.get_layer(layer or _last_feature_map(model)).output, _logits(model)],
     )
     inputs = tf.convert_to_tensor(images)

@@ -333,7 +333,8 @@ def split_datasets(split, batch_size: int, replicas: int = 1):
 def run_finished(run_dir) -> bool:
     """Whether :func:`fit` finished in ``run_dir``: it holds ``best.keras`` and no
     ``backup/`` (``BackupAndRestore`` deletes it when training ends, early stopping
-    included; an interrupted run leaves it, and :func:`fit` resumes from it)."""
+    included; an interrupted run leaves it, and :func:`fit` resumes from it).
+    Introduced in notebook 06, which evaluates only finished runs."""
     run_dir = Path(run_dir)
     return (run_dir / "best.keras").is_file() and not (run_dir / "backup").exists()
 
