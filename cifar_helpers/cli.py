@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from cifar_helpers import atomic
+
 MODELS = ("baseline_cnn", "seed_resnet", "resnet9", "preact_resnet18")
 MODERN_MODELS = ("resnet9", "preact_resnet18")  # trained with the modern recipe
 # Narrow copies for smoke runs: the same layers, a few filters each.
@@ -35,12 +37,6 @@ SMOKE_BATCH = 100  # the modern recipe's 512 is more than a smoke subset's 3,000
 
 class RunError(ValueError):
     """A run folder or argument that cannot be used; the message says why."""
-
-
-def _write_atomic(path: Path, text: str):
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _settings(args) -> dict:
@@ -66,7 +62,7 @@ def _check_run_folder(run_dir: Path, settings: dict):
             )
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(recorded, json.dumps(settings, indent=2))
+        atomic.write_text(recorded, json.dumps(settings, indent=2))
 
 
 def _load_split(args):
@@ -179,7 +175,10 @@ def train(args) -> dict:
         # Every worker runs the same steps; only the chief writes the run folder.
         run_dir = run_dir / "workers" / f"worker-{strategy.cluster_resolver.task_id}"
     start = time.perf_counter()
-    training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=1)
+    if training.run_finished(run_dir):
+        print(f"{run_dir}: training finished before; writing the results.")
+    else:
+        training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=1)
     wall = time.perf_counter() - start
     if not training.is_chief(strategy):
         return {"worker": True}
@@ -189,14 +188,13 @@ def train(args) -> dict:
     import keras
 
     model = keras.saving.load_model(run_dir / "best.keras")
-    model_path = run_dir / "model.keras"
-    partial = run_dir / "model.partial.keras"
-    model.save(partial)
-    os.replace(partial, model_path)
+    with atomic.replacing(run_dir / "model.keras") as partial:
+        model.save(partial)
     inference.write_class_names(run_dir, split.fine_names)
-    _write_atomic(run_dir / "history.json", json.dumps(history, indent=2))
+    atomic.write_text(run_dir / "history.json", json.dumps(history, indent=2))
     figure = plots.training_curves(history, title=f"{args.model}: {split.source}")
-    figure.savefig(run_dir / "curves.png", dpi=100)
+    with atomic.replacing(run_dir / "curves.png") as partial:
+        figure.savefig(partial, dpi=100)
     seconds = history["epoch_seconds"]
     typical = statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
     results = {
@@ -212,7 +210,7 @@ def train(args) -> dict:
         "command": shlex.join(["python", "-m", "cifar_helpers", *args.argv]),
         **_environment(),
     }
-    _write_atomic(results_path, json.dumps(results, indent=2))
+    atomic.write_text(results_path, json.dumps(results, indent=2))
     return results
 
 

@@ -107,10 +107,9 @@ def top_k(probabilities, names, k: int = 5) -> list[tuple[str, float]]:
 def write_class_names(folder, names):
     """Write ``names`` to ``folder/classes.json``, where :func:`load_classifier`
     finds them."""
-    path = Path(folder) / CLASSES_FILE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(list(names), indent=1))
-    os.replace(partial, path)
+    from cifar_helpers import atomic
+
+    atomic.write_text(Path(folder) / CLASSES_FILE, json.dumps(list(names), indent=1))
 
 
 def class_names(folder: Path, classes: int) -> list[str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import keras
 
+from cifar_helpers import atomic
 from cifar_helpers.dropblock import KeepProbSchedule, dropblock_layers
 
 
@@ -437,6 +438,83 @@ def _best_logged(path: Path, monitor: str):
     return min((value for value in values if value == value), default=None)
 
 
+class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes each model under a partial name and renames
+    it when complete (:mod:`cifar_helpers.atomic`): a crash mid-save leaves the
+    previous checkpoint intact."""
+
+    def _save_model(self, epoch, batch, logs):
+        target = self.filepath
+        self.filepath = str(atomic.partial_path(target))
+        try:
+            super()._save_model(epoch, batch, logs)
+        finally:
+            self.filepath = target
+        partial = atomic.partial_path(target)
+        if partial.is_file():  # saved: this epoch improved on the best
+            atomic._flush(partial)
+            os.replace(partial, target)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backup is committed in one step.
+
+    Keras writes the weights and the epoch counter as two files, in place: a crash
+    between or during the two writes leaves a torn backup (new weights with the old
+    epoch, or half a weights file). Here each epoch's weights (model and optimizer)
+    go to a new file, ``epoch-N.weights.h5``, written atomically; then
+    ``training_metadata.json``, also written atomically, names that file and the
+    epoch. That second rename is the commit: before it, a resume uses the previous
+    epoch's complete state; after it, this one's.
+    """
+
+    def _save_model(self):
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        weights = backup / f"epoch-{self._current_epoch}.weights.h5"
+        with atomic.replacing(weights) as partial:
+            self.model.save_weights(partial, overwrite=True)
+        record = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen,
+            "weights": weights.name,
+        }
+        atomic.write_text(self._training_metadata_path, json.dumps(record))
+        for older in backup.glob("epoch-*.weights.h5"):
+            if older != weights:
+                older.unlink()
+
+    def _load_model(self):
+        record = committed_backup(Path(self.backup_dir).parent)
+        if record is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(Path(self.backup_dir) / record["weights"])
+        self.model._initial_epoch = record["epoch"]
+
+
+def committed_backup(run_dir) -> dict | None:
+    """The backup an interrupted run in ``run_dir`` resumes from: ``{"epoch": epochs
+    finished, "weights": file name, ...}``, or None when there is none."""
+    path = Path(run_dir) / "backup" / "training_metadata.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _trim_history(path: Path, epochs: int):
+    """Keep the rows of the first ``epochs`` epochs of a CSV history: a crash after
+    a row was logged but before its epoch's backup was committed leaves a row that
+    the resumed run logs again (and perhaps a half-written last line)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[: 1 + epochs]
+    if len(kept) > 1 and not kept[-1].endswith("\n"):
+        kept = kept[:-1]  # a half-written row
+    if kept != lines:
+        atomic.write_text(path, "".join(kept))
+
+
 def _check_keras_can_train_under(strategy):
     """Refuse, with the reason, what this Keras cannot do: ``Model.fit`` across
     several workers fails in Keras 3.15 and earlier (keras-team/keras#20585;
@@ -462,9 +540,10 @@ def _check_keras_can_train_under(strategy):
 def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     """The recipe's callbacks, writing into ``run_dir``.
 
-    - ``BackupAndRestore`` (``run_dir/backup``): a run interrupted by a crash or a
-      disconnected Colab session resumes from its last finished epoch;
-    - ``ModelCheckpoint`` (``run_dir/best.keras``): the model with the best
+    - :class:`AtomicBackupAndRestore` (``run_dir/backup``): a run interrupted by a
+      crash, a kill or a disconnected Colab session resumes from its last finished
+      epoch;
+    - :class:`AtomicCheckpoint` (``run_dir/best.keras``): the model with the best
       validation loss so far, across resumes;
     - ``EarlyStopping`` (when the recipe has a ``patience``): stop after
       ``patience`` epochs without a better validation loss and restore the best
@@ -476,21 +555,28 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     - ``TensorBoard`` (``run_dir/logs``), ``CSVLogger`` (``run_dir/history.csv``,
       appended to when resuming, rewritten by a new run), ``TerminateOnNaN`` and
       :class:`EpochTimer`.
+
+    At the end of an epoch the best checkpoint and the CSV row are written before
+    the backup commits the epoch; a resume drops log rows of epochs the backup did
+    not commit, so a run killed at any moment loses at most the epoch in progress.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resuming = (run_dir / "backup").exists()
-    # BackupAndRestore brings back the weights and the epoch, not the other
-    # callbacks' state: give the checkpoint the best score of the epochs before.
+    atomic.remove_partials(run_dir)  # left by a process killed mid-write
+    backup = committed_backup(run_dir)
+    resuming = backup is not None
+    if resuming:
+        _trim_history(run_dir / "history.csv", backup["epoch"])
+    # The backup brings back the weights and the epoch, not the other callbacks'
+    # state: give the checkpoint the best score of the epochs before.
     best_so_far = (
         _best_logged(run_dir / "history.csv", recipe.monitor) if resuming else None
     )
     # The callbacks that add to an epoch's logs come first, so that the CSV log,
-    # the checkpoints and TensorBoard see their values.
+    # the checkpoints and TensorBoard see their values; the backup comes last.
     chosen = [EpochTimer(), *recipe.schedule_callbacks(model)]
     chosen += [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(
+        AtomicCheckpoint(
             str(run_dir / "best.keras"),
             monitor=recipe.monitor,
             save_best_only=True,
@@ -512,6 +598,7 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     ]
     if tensorboard:
         chosen.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))
+    chosen.append(AtomicBackupAndRestore(str(run_dir / "backup")))
     return chosen
 
 

@@ -1,6 +1,7 @@
 """The original recipe, its callbacks, and fit: values, wiring, a run and a resume."""
 
 import csv
+import json
 
 import keras
 import numpy as np
@@ -46,8 +47,8 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
     assert set(chosen) == {
         "EpochTimer",
-        "BackupAndRestore",
-        "ModelCheckpoint",
+        "AtomicBackupAndRestore",
+        "AtomicCheckpoint",
         "EarlyStopping",
         "LearningRateScheduler",
         "CSVLogger",
@@ -55,8 +56,8 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
         "KeepProbSchedule",
         "TensorBoard",
     }
-    assert chosen["ModelCheckpoint"].monitor == "val_loss"
-    assert chosen["ModelCheckpoint"].save_best_only
+    assert chosen["AtomicCheckpoint"].monitor == "val_loss"
+    assert chosen["AtomicCheckpoint"].save_best_only
     stop = chosen["EarlyStopping"]
     assert (stop.monitor, stop.patience, stop.restore_best_weights) == (
         "val_loss",
@@ -64,6 +65,9 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
         True,
     )
     assert chosen["KeepProbSchedule"].duration == 40
+    # The backup commits an epoch only after its checkpoint and log row are written.
+    names = [type(c).__name__ for c in training.callbacks(model, tmp_path)]
+    assert names.index("AtomicBackupAndRestore") == len(names) - 1
 
 
 def test_a_model_without_dropblock_gets_no_keep_prob_schedule(tmp_path):
@@ -148,18 +152,46 @@ def test_split_datasets_give_full_training_batches_and_even_validation_ones(cifa
     assert [images.shape[0] for images, _ in val] == [50] * 4
 
 
+def _interrupted_after(run_dir, epochs):
+    """A backup committed after ``epochs`` epochs, as an interrupted run leaves."""
+    (run_dir / "backup").mkdir()
+    record = {"epoch": epochs, "batch": 0, "weights": f"epoch-{epochs}.weights.h5"}
+    (run_dir / "backup" / "training_metadata.json").write_text(json.dumps(record))
+
+
 def test_a_resume_keeps_the_checkpoints_best_score_from_before(tmp_path):
-    (tmp_path / "backup").mkdir()  # an interrupted run's backup
+    _interrupted_after(tmp_path, 2)
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,4.0,3.5\n1,3.0,3.2\n")
     model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
-    assert chosen["ModelCheckpoint"].best == pytest.approx(3.2)
+    assert chosen["AtomicCheckpoint"].best == pytest.approx(3.2)
     assert chosen["CSVLogger"].append
+
+
+def test_a_resume_drops_log_rows_of_epochs_the_backup_did_not_commit(tmp_path):
+    # Killed while logging epoch 2's row (half written), after epoch 1's row but
+    # before the backup committed epoch 1: the backup says one epoch is done.
+    _interrupted_after(tmp_path, 1)
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,loss,val_loss\n0,4.0,3.5\n1,3.0,3.2\n2,2.")
+    model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+    chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
+    assert log.read_text() == "epoch,loss,val_loss\n0,4.0,3.5\n"
+    assert chosen["AtomicCheckpoint"].best == pytest.approx(3.5)
+
+
+def test_partial_files_of_a_killed_save_are_removed_and_never_read(tmp_path):
+    (tmp_path / "best.partial.keras").write_bytes(b"half a zip")
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "epoch-3.partial.weights.h5").write_bytes(b"half")
+    model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+    training.callbacks(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
 
 
 def test_a_new_run_starts_a_fresh_log_and_checkpoint(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,4.0,3.5\n")
     model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
-    assert chosen["ModelCheckpoint"].best in (None, float("inf"))  # nothing to beat
+    assert chosen["AtomicCheckpoint"].best in (None, float("inf"))  # nothing to beat
     assert not chosen["CSVLogger"].append

@@ -1,0 +1,130 @@
+"""Kill ``python -m cifar_helpers train`` with SIGKILL at chosen moments, run the same
+command again, and check that it resumes, loses at most the epoch in progress, and
+finishes with a loadable model, a complete history and a correct results.json.
+
+Every scenario's killed run starts at once, then every rerun (each is a fresh
+process with TensorFlow's start-up cost; in parallel they share the machine's cores).
+The kills come from ``tests/fault_run.py``.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EPOCHS = 2
+# Two run folders, each killed at three moments in turn and then run to the end;
+# the two chains run side by side. Together they cover a kill mid-epoch, between
+# epochs, before an epoch's backup is committed, and halfway through writing the
+# best checkpoint, the backup and the final model.
+CHAINS = {
+    "a": ("in-best@0", "mid-epoch@1", "in-final@0", "none"),
+    "b": ("after-epoch@0", "in-backup@1", "before-commit@1", "none"),
+}
+HALF_WRITTEN = {
+    "in-best@0": "best.partial.keras",
+    "in-backup@1": "epoch-2.partial.weights.h5",
+    "in-final@0": "model.partial.keras",
+}
+RUNNER = str(Path(__file__).with_name("fault_run.py"))
+
+
+def _command(fault, out):
+    train = ["train", "--model", "baseline_cnn", "--out", str(out), "--data"]
+    train += ["synthetic", "--smoke", "--epochs", str(EPOCHS)]
+    return [sys.executable, RUNNER, fault, *train]
+
+
+def _run_all(commands):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    running = [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for command in commands
+    ]
+    return [(p.communicate(timeout=600)[0], p.returncode) for p in running]
+
+
+def _epochs_started(output):
+    return [int(k) - 1 for k in re.findall(rf"^Epoch (\d+)/{EPOCHS}", output, re.M)]
+
+
+def _partials(folder):
+    return sorted(p.name for p in Path(folder).rglob("*.partial.*"))
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    """For each chain: its run folder and, for each stage, the fault, the output,
+    the exit code and the partial files present when the process had ended."""
+    from cifar_helpers import data
+
+    data.synthetic_archive_path()  # written once, before the processes race for it
+    root = tmp_path_factory.mktemp("faults")
+    outs = {name: root / name for name in CHAINS}
+    stages = {name: [] for name in CHAINS}
+    for step in range(len(CHAINS["a"])):
+        faults = {name: chain[step] for name, chain in CHAINS.items()}
+        done = _run_all([_command(faults[name], outs[name]) for name in CHAINS])
+        for name, (output, code) in zip(CHAINS, done, strict=True):
+            stages[name].append((faults[name], output, code, _partials(outs[name])))
+    return {name: (outs[name], stages[name]) for name in CHAINS}
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_each_kill_ends_the_process_and_each_rerun_resumes_where_it_stopped(
+    chains, chain
+):
+    _, stages = chains[chain]
+    for (fault, output, code, _), (_, next_output, _, _) in zip(
+        stages, stages[1:], strict=False
+    ):
+        assert code == -signal.SIGKILL, f"{fault} did not kill:\n{output[-2000:]}"
+        in_progress = _epochs_started(output)[-1]
+        started = _epochs_started(next_output)
+        if fault.startswith("in-final"):  # training had finished: results only
+            assert in_progress == EPOCHS - 1 and started == [], fault
+            assert "training finished before" in next_output
+        elif fault.startswith("after-epoch"):  # the epoch was committed
+            assert started[0] == in_progress + 1, (fault, started)
+        else:  # the interrupted epoch runs again: at most one epoch lost
+            assert started[0] == in_progress, (fault, started)
+    final_fault, output, code, _ = stages[-1]
+    assert final_fault == "none" and code == 0, output[-3000:]
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_a_kill_mid_write_leaves_its_half_file_only_under_a_partial_name(chains, chain):
+    _, stages = chains[chain]
+    for fault, _, _, left in stages:
+        expected = [HALF_WRITTEN[fault]] if fault in HALF_WRITTEN else []
+        assert left == expected, fault
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_the_finished_run_is_complete_loadable_and_clean(chains, chain):
+    import keras
+
+    import cifar_helpers.models  # noqa: F401  registers the custom layers
+
+    out, _ = chains[chain]
+    results = json.loads((out / "results.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert results["epochs_run"] == EPOCHS and len(history["loss"]) == EPOCHS
+    assert np.all(np.isfinite(history["val_loss"]))
+    logged = (out / "history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in logged] == [str(e) for e in range(EPOCHS)]
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.output_shape == (None, 100)
+    assert _partials(out) == [] and not (out / "backup").exists()
