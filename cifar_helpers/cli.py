@@ -9,6 +9,7 @@ notebook 02 (``predict`` and ``export`` in notebook 06).
 """
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -35,6 +36,11 @@ SMOKE_EPOCHS = 2
 SMOKE_BATCH = 100  # the modern recipe's 512 is more than a smoke subset's 3,000 / 5
 
 
+# Errors that mean "this folder cannot take our files": no permission, a read-only
+# file system, a full disk or quota.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 class RunError(ValueError):
     """A run folder or argument that cannot be used; the message says why."""
 
@@ -47,6 +53,7 @@ def _settings(args) -> dict:
         "smoke": args.smoke,
         "epochs": args.epochs,
         "strategy": args.strategy,
+        "seed": args.seed,  # None: not seeded
     }
 
 
@@ -54,6 +61,7 @@ def _check_run_folder(run_dir: Path, settings: dict):
     recorded = run_dir / "run.json"
     if recorded.is_file():
         previous = json.loads(recorded.read_text())
+        previous.setdefault("seed", None)  # run folders from before --seed existed
         if previous != settings:
             raise RunError(
                 f"{run_dir} holds a run with other settings ({previous}); this "
@@ -157,6 +165,8 @@ def train(args) -> dict:
     policy = training.use_precision(
         "auto" if args.model in MODERN_MODELS else "float32"
     )
+    if args.seed is not None:
+        training.make_reproducible(args.seed)
     recipe = training.for_strategy(_recipe(args), strategy)
     print(
         f"strategy {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
@@ -312,6 +322,13 @@ def _parser():
         help="tf.distribute strategy (default: auto, which picks a TPU, several "
         "GPUs or the TF_CONFIG cluster when there is one)",
     )
+    t.add_argument(
+        "--seed",
+        type=int,
+        help="seed every random number and make TensorFlow's operations "
+        "deterministic: the same command then trains the same weights on the same "
+        "hardware (default: not seeded)",
+    )
     e = commands.add_parser("evaluate", help="test accuracy and loss of a run")
     e.add_argument("run_dir", help="the --out folder of a finished train command")
     model_help = (
@@ -348,7 +365,7 @@ def main(argv=None) -> int:
         _parser().error(f"--top {args.top}: use a whole number of at least 1")
     from cifar_helpers.data import DatasetError
     from cifar_helpers.inference import ModelError
-    from cifar_helpers.training import StrategyError
+    from cifar_helpers.training import StrategyError, TrainingDiverged
 
     try:
         if args.command == "predict":
@@ -357,8 +374,26 @@ def main(argv=None) -> int:
             export(args)
             return 0
         results = train(args) if args.command == "train" else evaluate(args)
-    except (RunError, DatasetError, StrategyError, ModelError) as error:
+    except (
+        RunError,
+        DatasetError,
+        StrategyError,
+        ModelError,
+        TrainingDiverged,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in _UNWRITABLE:
+            raise
+        where = error.filename or "the output folder"
+        print(
+            f"error: cannot write {where}: {error.strerror}. Free some disk space or "
+            "choose a folder you can write to; every file written before is whole "
+            "(written atomically), and the same command resumes a run from its last "
+            "finished epoch.",
+            file=sys.stderr,
+        )
         return 2
     if results.get("worker"):
         return 0

@@ -115,7 +115,11 @@ def reliability(probabilities, labels, bins: int = 15) -> dict:
 
 def predict(model, images, *, batch_size: int = 500) -> np.ndarray:
     """Class probabilities of ``model`` for uint8 ``images`` (``N x 32 x 32 x 3``),
-    as float32 ``N x classes``, at inference (no augmentation, no DropBlock)."""
+    as float32 ``N x classes``, at inference (no augmentation, no DropBlock).
+    Other shapes or dtypes get a ``ValueError`` that says how to fix them."""
+    from cifar_helpers.models import check_images
+
+    images = check_images(images)
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
 
 

@@ -175,17 +175,23 @@ def load_classifier(path):
     ``predict`` maps uint8 ``N x 32 x 32 x 3`` images to float32 ``N x classes``
     probabilities.
     """
+    from cifar_helpers import models
+
     path = Path(path)
     if _keras_file(path) is not None:
         model, names = load_model(path)
-        return lambda images: np.asarray(model.predict(images, verbose=0)), names
+
+        def predict(images):
+            return np.asarray(model.predict(models.check_images(images), verbose=0))
+
+        return predict, names
     if path.is_dir() and (path / "saved_model.pb").is_file():
         import tensorflow as tf
 
         served = tf.saved_model.load(str(path))
 
         def predict(images):
-            return served.serve(tf.constant(images, dtype=tf.uint8)).numpy()
+            return served.serve(tf.constant(models.check_images(images))).numpy()
 
         # export() writes the names into the SavedModel folder too, so that they
         # travel with it.

@@ -8,6 +8,7 @@ needs no preprocessing outside it. Introduced in notebook 02 (``baseline_cnn``);
 """
 
 import keras
+import numpy as np
 
 from cifar_helpers.augment import Augment
 from cifar_helpers.blocks import (
@@ -28,6 +29,36 @@ ORIGINAL_WIDTHS = (128, 256, 512, 1024)
 BASELINE_FILTERS = (64, 128, 256, 512)
 BASELINE_KERNELS = (7, 5, 3, 3)
 MODERN_WIDTHS = (64, 128, 256, 512)
+
+
+def check_images(images) -> np.ndarray:
+    """``images`` as the series' models take them, uint8 ``N x 32 x 32 x 3``, or a
+    ``ValueError`` that says what is wrong and how to fix it. (A Keras model would
+    cast floats in [0, 1] to uint8 silently: all zeros.)"""
+    images = np.asarray(images)
+    if images.shape == (32, 32, 3):
+        raise ValueError(
+            "images of shape (32, 32, 3): that is one image; give a batch, "
+            "images[None] (shape (1, 32, 32, 3))."
+        )
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise ValueError(
+            f"images of shape {images.shape}: the models take N x 32 x 32 x 3 RGB "
+            "images; read files with inference.read_image, which resizes them."
+        )
+    if images.dtype != np.uint8:
+        hint = (
+            " (values in [0, 1]: multiply by 255 first)"
+            if images.size
+            and np.issubdtype(images.dtype, np.floating)
+            and images.max() <= 1
+            else ""
+        )
+        raise ValueError(
+            f"images of dtype {images.dtype}: the models take uint8 pixels 0..255; "
+            f"convert with images.astype(np.uint8){hint}."
+        )
+    return images
 
 
 def _check_sizes(**sizes):

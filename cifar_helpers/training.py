@@ -18,6 +18,7 @@ strategy from the hardware.
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -340,6 +341,61 @@ def run_finished(run_dir) -> bool:
     return (run_dir / "best.keras").is_file() and not (run_dir / "backup").exists()
 
 
+def make_reproducible(seed: int):
+    """Seed Python's, NumPy's, TensorFlow's and Keras' random numbers with ``seed``
+    and make TensorFlow's operations deterministic, so that a run repeats bit for
+    bit on the same hardware and software. Call it once, before building the
+    model; determinism cannot be turned off again in the process, and it can slow
+    some GPU operations."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss stopped being a finite number; the message says where."""
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop training at the first step whose loss is NaN or infinite, by raising
+    :class:`TrainingDiverged` with the epoch and step (with several steps per
+    execution, the last step of the execution in which it happened).
+
+    Keras' ``TerminateOnNaN`` only asks ``fit`` to stop: the epoch still ends, so
+    the backup would commit the broken weights as a finished epoch. Raising stops
+    before any end-of-epoch callback runs: the backup keeps the last good epoch and
+    ``best.keras`` the best one.
+    """
+
+    def __init__(self, run_dir=None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        kept = ""
+        if self.run_dir is not None:
+            backup = committed_backup(self.run_dir)
+            done = backup["epoch"] if backup else 0
+            kept = (
+                f" {self.run_dir} keeps the last good state: the backup after "
+                f"{done} epoch(s) and best.keras (the best validation loss so far)."
+            )
+        raise TrainingDiverged(
+            f"the training loss became {float(loss)} at epoch {self.epoch + 1}, step "
+            f"{batch + 1}: training diverged, and stopped.{kept} A lower learning "
+            "rate (or stronger gradient clipping) usually cures it; train it into a "
+            "new run folder."
+        )
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Log each epoch's wall time (training and validation) as ``epoch_seconds``."""
 
@@ -553,7 +609,7 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
       ``learning_rate``) and, when the model has DropBlock layers,
       :class:`~cifar_helpers.dropblock.KeepProbSchedule` (logged as ``keep_prob``);
     - ``TensorBoard`` (``run_dir/logs``), ``CSVLogger`` (``run_dir/history.csv``,
-      appended to when resuming, rewritten by a new run), ``TerminateOnNaN`` and
+      appended to when resuming, rewritten by a new run), :class:`StopOnNaN` and
       :class:`EpochTimer`.
 
     At the end of an epoch the best checkpoint and the CSV row are written before
@@ -594,7 +650,7 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     chosen += [
         # Append to the log only when resuming an interrupted run.
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
-        keras.callbacks.TerminateOnNaN(),
+        StopOnNaN(run_dir),
     ]
     if tensorboard:
         chosen.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))

@@ -1,6 +1,7 @@
 """python -m cifar_helpers train / evaluate / predict / export, end to end on the
 synthetic archive."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -208,3 +209,44 @@ def test_export_refuses_a_folder_that_exists(finished_run, tmp_path, capsys):
 def test_predict_without_a_model_says_what_to_give(tmp_path, capsys):
     assert cli.main(["predict", "photo.jpg", "--model", str(tmp_path)]) == 2
     assert "no model here" in capsys.readouterr().err
+
+
+def test_an_unwritable_run_folder_gets_a_clear_error(tmp_path, monkeypatch, capsys):
+    from cifar_helpers import atomic
+
+    def refuse(path, text):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(atomic, "write_text", refuse)
+    out = tmp_path / "run"
+    assert (
+        cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 2
+    )
+    error = capsys.readouterr().err
+    assert f"cannot write {out / 'run.json'}: Permission denied" in error
+    assert "choose a folder you can write to" in error
+
+
+def test_a_full_disk_mid_run_stops_cleanly_and_keeps_the_last_backup(
+    tmp_path, monkeypatch, capsys
+):
+    import keras
+
+    from cifar_helpers import training
+
+    saves = keras.Model.save_weights
+
+    def fill_up(self, filepath, *args, **kwargs):
+        if "epoch-2" in str(filepath):  # the backup after the second epoch
+            raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+        saves(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", fill_up)
+    out = tmp_path / "run"
+    assert (
+        cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 2
+    )
+    assert "No space left on device" in capsys.readouterr().err
+    assert training.committed_backup(out)["epoch"] == 1  # the first epoch, whole
+    assert list(out.rglob("*.partial.*")) == []
+    assert not (out / "results.json").exists()

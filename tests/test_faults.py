@@ -27,6 +27,8 @@ CHAINS = {
     "a": ("in-best@0", "mid-epoch@1", "in-final@0", "none"),
     "b": ("after-epoch@0", "in-backup@1", "before-commit@1", "none"),
 }
+# Two uninterrupted runs of the same seeded command, for reproducibility.
+TWINS = {"c": ("none",), "d": ("none",)}
 HALF_WRITTEN = {
     "in-best@0": "best.partial.keras",
     "in-backup@1": "epoch-2.partial.weights.h5",
@@ -37,7 +39,7 @@ RUNNER = str(Path(__file__).with_name("fault_run.py"))
 
 def _command(fault, out):
     train = ["train", "--model", "baseline_cnn", "--out", str(out), "--data"]
-    train += ["synthetic", "--smoke", "--epochs", str(EPOCHS)]
+    train += ["synthetic", "--smoke", "--epochs", str(EPOCHS), "--seed", "0"]
     return [sys.executable, RUNNER, fault, *train]
 
 
@@ -72,14 +74,17 @@ def chains(tmp_path_factory):
 
     data.synthetic_archive_path()  # written once, before the processes race for it
     root = tmp_path_factory.mktemp("faults")
-    outs = {name: root / name for name in CHAINS}
-    stages = {name: [] for name in CHAINS}
-    for step in range(len(CHAINS["a"])):
-        faults = {name: chain[step] for name, chain in CHAINS.items()}
-        done = _run_all([_command(faults[name], outs[name]) for name in CHAINS])
-        for name, (output, code) in zip(CHAINS, done, strict=True):
+    every = {**CHAINS, **TWINS}
+    outs = {name: root / name for name in every}
+    stages = {name: [] for name in every}
+    for step in range(max(map(len, every.values()))):
+        faults = {
+            name: chain[step] for name, chain in every.items() if step < len(chain)
+        }
+        done = _run_all([_command(fault, outs[name]) for name, fault in faults.items()])
+        for name, (output, code) in zip(faults, done, strict=True):
             stages[name].append((faults[name], output, code, _partials(outs[name])))
-    return {name: (outs[name], stages[name]) for name in CHAINS}
+    return {name: (outs[name], stages[name]) for name in every}
 
 
 @pytest.mark.parametrize("chain", CHAINS)
@@ -128,3 +133,38 @@ def test_the_finished_run_is_complete_loadable_and_clean(chains, chain):
     model = keras.saving.load_model(out / "model.keras")
     assert model.output_shape == (None, 100)
     assert _partials(out) == [] and not (out / "backup").exists()
+
+
+def _weights(out):
+    import keras
+
+    import cifar_helpers.models  # noqa: F401  registers the custom layers
+
+    return keras.saving.load_model(out / "model.keras").get_weights()
+
+
+def _history_without_times(out):
+    history = json.loads((out / "history.json").read_text())
+    history.pop("epoch_seconds")
+    return history
+
+
+def test_a_seeded_run_repeats_bit_for_bit(chains):
+    (first, [(*_, code_c, _)]), (second, [(*_, code_d, _)]) = chains["c"], chains["d"]
+    assert code_c == code_d == 0
+    for a, b in zip(_weights(first), _weights(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _history_without_times(first) == _history_without_times(second)
+
+
+def test_a_resumed_run_repeats_the_epochs_before_the_kill_and_resumes_alike(chains):
+    # Epoch 0 was committed (or rerun from scratch) before any resume: bitwise the
+    # uninterrupted run's. Both chains resumed epoch 1 from the same committed state
+    # after epoch 0, in a fresh process: bitwise alike. The epochs after a resume
+    # differ from the uninterrupted run's: Keras' backup does not hold the state of
+    # the random generators (dropout, augmentation, DropBlock), and a new process's
+    # tf.data pipeline starts its shuffle sequence again (README, "Reproducibility").
+    a, b, twin = (_history_without_times(chains[name][0]) for name in "abc")
+    for name in twin:
+        assert a[name][0] == b[name][0] == twin[name][0], name
+        assert a[name][1] == b[name][1], name

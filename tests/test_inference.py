@@ -236,3 +236,22 @@ def test_an_export_holds_the_model_the_saved_model_and_the_names(tiny_model, tmp
         "c",
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((32, 32, 3), np.uint8), r"one image; give a batch, images\[None\]"),
+        (np.zeros((2, 28, 28, 3), np.uint8), "N x 32 x 32 x 3 RGB images"),
+        (np.zeros((2, 32, 32, 1), np.uint8), "N x 32 x 32 x 3 RGB images"),
+        (np.full((2, 32, 32, 3), 0.5), r"values in \[0, 1\]: multiply by 255"),
+        (np.zeros((2, 32, 32, 3), np.int64), "dtype int64: the models take uint8"),
+    ],
+)
+def test_images_of_the_wrong_shape_or_dtype_are_refused_with_the_fix(
+    tiny_model, images, message
+):
+    from cifar_helpers import evaluation
+
+    with pytest.raises(ValueError, match=message):
+        evaluation.predict(tiny_model, images)

@@ -195,3 +195,38 @@ def test_a_new_run_starts_a_fresh_log_and_checkpoint(tmp_path):
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
     assert chosen["AtomicCheckpoint"].best in (None, float("inf"))  # nothing to beat
     assert not chosen["CSVLogger"].append
+
+
+class _Poison(keras.callbacks.Callback):
+    """Sets a kernel to NaN before step 3 of epoch 2, as a diverging run would."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 1 and batch == 2:
+            kernel = self.model.trainable_weights[0]
+            kernel.assign(np.full(kernel.shape, np.nan, kernel.dtype))
+
+
+def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_state(cifar, tmp_path):
+    import cifar_helpers.models  # noqa: F401  registers the custom layers
+
+    split = data.with_validation_split(cifar, val_per_class=2, seed=0)
+    train, val = training.split_datasets(split, batch_size=100)
+    model = training.compile_model(models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8))
+    with pytest.raises(training.TrainingDiverged, match="at epoch 2, step 3") as stop:
+        training.fit(
+            model,
+            train,
+            val,
+            tmp_path,
+            epochs=3,
+            verbose=0,
+            extra_callbacks=[_Poison()],
+        )
+    assert "the backup after 1 epoch(s) and best.keras" in str(stop.value)
+    assert training.committed_backup(tmp_path)["epoch"] == 1  # not the broken epoch
+    assert len(_rows(tmp_path / "history.csv")) == 1
+    best = keras.saving.load_model(tmp_path / "best.keras")
+    assert all(np.all(np.isfinite(w)) for w in best.get_weights())
