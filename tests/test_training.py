@@ -52,7 +52,7 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
         "EarlyStopping",
         "LearningRateScheduler",
         "CSVLogger",
-        "TerminateOnNaN",
+        "StopOnNaN",
         "KeepProbSchedule",
         "TensorBoard",
     }
@@ -95,52 +95,55 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_fit_runs_the_recipe_and_writes_the_run_folder(cifar, tmp_path):
-    train, val = _datasets(cifar)
-    history = training.fit(_narrow_resnet(), train, val, tmp_path, epochs=2, verbose=0)
-    logged = history.history
-    assert logged["learning_rate"] == pytest.approx([5e-4, 5e-4 * 0.98])
-    assert logged["keep_prob"] == pytest.approx([1.0, 0.995])
-    assert {"val_loss", "val_accuracy", "val_top5"} <= set(logged)
-    assert all(seconds > 0 for seconds in logged["epoch_seconds"])
-    assert np.all(np.isfinite(logged["loss"]))
-    assert (tmp_path / "best.keras").is_file() and training.run_finished(tmp_path)
-    rows = _rows(tmp_path / "history.csv")
-    assert len(rows) == 2
-    assert {"learning_rate", "keep_prob", "epoch_seconds", "val_loss"} <= set(rows[0])
-    assert any((tmp_path / "logs").iterdir())
-
-
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 1:
             raise KeyboardInterrupt  # as if the session died after epoch 1
 
 
-def test_a_resumed_run_continues_from_its_last_finished_epoch(cifar, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_run(cifar, tmp_path_factory):
+    """A 3-epoch run interrupted after its first epoch, then resumed: the run
+    folder, whether it counted as finished when interrupted, and the resumed
+    session's History."""
+    run_dir = tmp_path_factory.mktemp("run")
     train, val = _datasets(cifar)
     with pytest.raises(KeyboardInterrupt):
         training.fit(
             _narrow_resnet(),
             train,
             val,
-            tmp_path,
+            run_dir,
             epochs=3,
             verbose=0,
-            tensorboard=False,
             extra_callbacks=[_Interrupt()],
         )
-    # Epoch 0's checkpoint exists, but the backup says the run is not finished.
-    assert (tmp_path / "best.keras").is_file() and not training.run_finished(tmp_path)
-    resumed = training.fit(
-        _narrow_resnet(), train, val, tmp_path, epochs=3, verbose=0, tensorboard=False
-    )
+    interrupted = (run_dir / "best.keras").is_file(), training.run_finished(run_dir)
+    resumed = training.fit(_narrow_resnet(), train, val, run_dir, epochs=3, verbose=0)
+    return run_dir, interrupted, resumed
+
+
+def test_fit_runs_the_recipe_and_writes_the_run_folder(resumed_run):
+    run_dir, _, _ = resumed_run
+    logged = training.read_history(run_dir / "history.csv")
+    assert logged["learning_rate"] == pytest.approx([5e-4 * 0.98**e for e in range(3)])
+    assert logged["keep_prob"] == pytest.approx([1.0, 0.995, 0.99])
+    assert {"val_loss", "val_accuracy", "val_top5"} <= set(logged)
+    assert all(seconds > 0 for seconds in logged["epoch_seconds"])
+    assert np.all(np.isfinite(logged["loss"]))
+    assert (run_dir / "best.keras").is_file() and training.run_finished(run_dir)
+    assert [row["epoch"] for row in _rows(run_dir / "history.csv")] == ["0", "1", "2"]
+    assert any((run_dir / "logs").iterdir())
+
+
+def test_a_resumed_run_continues_from_its_last_finished_epoch(resumed_run):
+    _, (had_checkpoint, was_finished), resumed = resumed_run
+    # Epoch 0's checkpoint existed, but the backup said the run was not finished.
+    assert had_checkpoint and not was_finished
     assert resumed.history["learning_rate"] == pytest.approx(
         [5e-4 * 0.98, 5e-4 * 0.98**2]
     )
     assert resumed.history["keep_prob"] == pytest.approx([0.995, 0.99])
-    assert [row["epoch"] for row in _rows(tmp_path / "history.csv")] == ["0", "1", "2"]
-    assert training.run_finished(tmp_path)
 
 
 def test_split_datasets_give_full_training_batches_and_even_validation_ones(cifar):
