@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
 # Seconds one notebook cell may run under nbval before the test fails.
 CELL_TIMEOUT ?= 600
+# Processes the unit tests run in (each test file in one of them; each needs ~3 GB).
+WORKERS ?= 2
 LINTED := cifar_helpers tests notebooks benchmarks
 # JupyterLab refuses to run as root (containers, some cloud machines) without this.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -39,7 +41,7 @@ format: install
 	$(BIN)/ruff format $(LINTED)
 
 unit: install
-	$(BIN)/pytest tests
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile tests
 
 notebooks: install
 	CIFAR_SMOKE=1 CIFAR_DATA=synthetic $(BIN)/pytest --nbval-lax \

@@ -22,9 +22,12 @@ def partial_path(path) -> Path:
     return path.with_name(f"{stem}{MARK}{dot}{suffixes}")
 
 
-def _flush(path: Path):
-    with open(path, "rb") as handle:
+def commit(partial, path):
+    """Flush the complete file ``partial`` to disk, then rename it to ``path`` in
+    one step, replacing the old file."""
+    with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
+    os.replace(partial, path)
 
 
 @contextlib.contextmanager
@@ -36,8 +39,7 @@ def replacing(path):
     partial = partial_path(path)
     try:
         yield partial
-        _flush(partial)
-        os.replace(partial, path)
+        commit(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 

@@ -508,8 +508,7 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
             self.filepath = target
         partial = atomic.partial_path(target)
         if partial.is_file():  # saved: this epoch improved on the best
-            atomic._flush(partial)
-            os.replace(partial, target)
+            atomic.commit(partial, target)
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -534,6 +533,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             "epoch": self._current_epoch,
             "batch": self._last_batch_seen,
             "weights": weights.name,
+            # In the model's order: their names depend on what the process built
+            # before (seed_generator_7...), their order only on the architecture.
+            "random_states": [v.numpy().tolist() for v in random_states(self.model)],
         }
         atomic.write_text(self._training_metadata_path, json.dumps(record))
         for older in backup.glob("epoch-*.weights.h5"):
@@ -547,7 +549,74 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(Path(self.backup_dir) / record["weights"])
+        states = random_states(self.model)
+        saved = record.get("random_states", [])  # absent from older backups
+        if len(saved) == len(states):
+            for variable, value in zip(states, saved, strict=True):
+                variable.assign(value)
         self.model._initial_epoch = record["epoch"]
+
+
+def random_states(model) -> list:
+    """The state of the model's random number generators (each random layer's
+    Keras ``SeedGenerator``): ``model.variables`` less its weights and metric
+    variables. ``save_weights`` leaves them out, so the backup stores them itself,
+    and a resumed run draws the same DropBlock masks and augmentations as one that
+    was never interrupted."""
+    skip = {id(v) for v in [*model.weights, *model.metrics_variables]}
+    return [v for v in model.variables if id(v) not in skip]
+
+
+def _iterations_started(epochs: int, dataset) -> int:
+    """How many times ``Model.fit`` (Keras 3.15) has started iterating a training
+    ``dataset`` before epoch ``epochs``: once per epoch, plus, for a dataset of
+    known length, one more at each epoch's end that it drops unread (see
+    ``keras/src/trainers/epoch_iterator.py``). Each start reshuffles."""
+    known = int(dataset.cardinality()) >= 0
+    return 2 * epochs if known else epochs
+
+
+def _fast_forward(dataset, epochs: int):
+    """Start (and drop) as many iterations of ``dataset`` as ``fit`` had started
+    before epoch ``epochs``, so that a resumed run's seeded shuffle and augmentation
+    draws continue where the interrupted run's stopped. A start does not read the
+    epoch: about 0.05 s each for 50,000 images on a CPU."""
+    for _ in range(_iterations_started(epochs, dataset)):
+        iter(dataset)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that, in a resumed run, carries on where the interrupted
+    run stopped counting.
+
+    Keras' callback starts afresh in each ``fit``: after a resume its patience
+    would count from the resume, so a run interrupted once could train longer than
+    one that was not. Given the folder of the run being resumed, this one takes the
+    best monitored value, its epoch and the epochs waited since from the run's
+    ``history.csv`` (already trimmed to the committed epochs), and the best weights
+    from ``best.keras`` (saved at that same epoch, on the same monitor).
+    """
+
+    def __init__(self, run_dir=None, **kwargs):
+        super().__init__(**kwargs)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.run_dir is None:
+            return
+        values = read_history(self.run_dir / "history.csv").get(self.monitor, [])
+        if not values:
+            return
+        self._set_monitor_op()
+        for epoch, value in enumerate(values):  # what on_epoch_end did, replayed
+            self.wait += 1
+            if self._is_improvement(value, self.best):
+                self.best, self.best_epoch, self.wait = value, epoch, 0
+        best = self.run_dir / "best.keras"
+        if self.restore_best_weights and best.is_file():
+            saved = keras.saving.load_model(best, compile=False)
+            self.best_weights = saved.get_weights()
 
 
 def committed_backup(run_dir) -> dict | None:
@@ -601,10 +670,9 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
       epoch;
     - :class:`AtomicCheckpoint` (``run_dir/best.keras``): the model with the best
       validation loss so far, across resumes;
-    - ``EarlyStopping`` (when the recipe has a ``patience``): stop after
-      ``patience`` epochs without a better validation loss and restore the best
-      weights of this session (after a resume its patience counts from the resume;
-      ``best.keras`` holds the best overall);
+    - :class:`ResumableEarlyStopping` (when the recipe has a ``patience``): stop
+      after ``patience`` epochs without a better validation loss and restore the
+      best weights; after a resume it carries on counting from the epochs before;
     - the recipe's ``schedule_callbacks``: the learning rate (logged as
       ``learning_rate``) and, when the model has DropBlock layers,
       :class:`~cifar_helpers.dropblock.KeepProbSchedule` (logged as ``keep_prob``);
@@ -641,7 +709,8 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     ]
     if recipe.patience:
         chosen.append(
-            keras.callbacks.EarlyStopping(
+            ResumableEarlyStopping(
+                run_dir if resuming else None,
                 monitor=recipe.monitor,
                 patience=recipe.patience,
                 restore_best_weights=True,
@@ -675,7 +744,9 @@ def fit(
     ``train_ds``/``val_ds`` yield ``(uint8 images, labels)`` batches (see
     :func:`cifar_helpers.data.make_dataset`). ``epochs`` overrides the recipe's
     (smoke runs); ``extra_callbacks`` run after the recipe's. Calling it again with
-    the same ``run_dir`` after an interruption resumes where the run stopped.
+    the same ``run_dir`` after an interruption resumes where the run stopped; in a
+    new process, a run made reproducible (:func:`make_reproducible`) resumes bit
+    for bit, as the training dataset is fast-forwarded to the epoch it resumes.
     """
     _check_keras_can_train_under(model.distribute_strategy)
     if epochs not in (None, recipe.epochs) and isinstance(recipe, ModernRecipe):
@@ -684,6 +755,9 @@ def fit(
             f"{recipe.epochs} epochs: set the recipe's instead, with "
             f"dataclasses.replace(recipe, epochs={epochs}), and compile again."
         )
+    backup = committed_backup(run_dir)
+    if backup is not None and hasattr(train_ds, "cardinality"):
+        _fast_forward(train_ds, backup["epoch"])
     return model.fit(
         train_ds,
         validation_data=val_ds,

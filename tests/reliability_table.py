@@ -83,13 +83,22 @@ ROWS = [
     ),
     (
         None,
-        "a seeded run killed and resumed",
-        "the epochs before the kill are bitwise those of an uninterrupted run, and "
-        "two resumes from the same committed epoch are bitwise alike; the epochs "
-        "after a resume differ from the uninterrupted run's (Keras' backup holds no "
-        "random-generator state, and the data shuffle restarts in a new process)",
+        "a seeded run killed (three times, at different moments) and resumed",
+        "ends bitwise identical to an uninterrupted run: weights and every logged "
+        "value; the backup holds the random generators' states (augmentation, "
+        "DropBlock), and the resumed `fit` fast-forwards the seeded shuffle",
         "test_faults",
-        ["test_a_resumed_run_repeats_the_epochs_before_the_kill_and_resumes_alike"],
+        [
+            "test_a_killed_and_resumed_run_ends_bit_for_bit_as_one_never_interrupted",
+        ],
+    ),
+    (
+        None,
+        "early stopping in a resumed run",
+        "carries on counting its patience from the epochs before the interruption, "
+        "and restores the best weights even when they are from before it",
+        "test_training",
+        ["test_early_stopping_carries_on_counting_after_a_resume"],
     ),
     (
         "Training that goes wrong",

@@ -49,7 +49,7 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
         "EpochTimer",
         "AtomicBackupAndRestore",
         "AtomicCheckpoint",
-        "EarlyStopping",
+        "ResumableEarlyStopping",
         "LearningRateScheduler",
         "CSVLogger",
         "StopOnNaN",
@@ -58,7 +58,7 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
     }
     assert chosen["AtomicCheckpoint"].monitor == "val_loss"
     assert chosen["AtomicCheckpoint"].save_best_only
-    stop = chosen["EarlyStopping"]
+    stop = chosen["ResumableEarlyStopping"]
     assert (stop.monitor, stop.patience, stop.restore_best_weights) == (
         "val_loss",
         10,
@@ -68,6 +68,31 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
     # The backup commits an epoch only after its checkpoint and log row are written.
     names = [type(c).__name__ for c in training.callbacks(model, tmp_path)]
     assert names.index("AtomicBackupAndRestore") == len(names) - 1
+
+
+def test_early_stopping_carries_on_counting_after_a_resume(tmp_path):
+    def tiny(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+
+    best = tiny(0)
+    best.save(tmp_path / "best.keras")
+    history = "epoch,loss,val_loss\n0,4.0,3.0\n1,3.5,2.0\n2,3.1,2.5\n"
+    (tmp_path / "history.csv").write_text(history)
+    settings = dict(monitor="val_loss", patience=2, restore_best_weights=True)
+    resumed, afresh = tiny(1), tiny(1)
+    stop = training.ResumableEarlyStopping(tmp_path, **settings)
+    plain = keras.callbacks.EarlyStopping(**settings)
+    for callback, model in ((stop, resumed), (plain, afresh)):
+        callback.set_model(model)
+        callback.on_train_begin()
+        callback.on_epoch_end(3, {"val_loss": 2.4})
+    # Epoch 1 was the best; epochs 2 and 3 did not improve: patience 2 is spent.
+    assert (stop.best, stop.best_epoch, stop.wait) == (2.0, 1, 2)
+    assert resumed.stop_training and not getattr(afresh, "stop_training", False)
+    stop.on_train_end()  # restores epoch 1's weights, from best.keras
+    for restored, saved in zip(resumed.get_weights(), best.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, saved)
 
 
 def test_a_model_without_dropblock_gets_no_keep_prob_schedule(tmp_path):
@@ -118,7 +143,11 @@ def resumed_run(cifar, tmp_path_factory):
             verbose=0,
             extra_callbacks=[_Interrupt()],
         )
-    interrupted = (run_dir / "best.keras").is_file(), training.run_finished(run_dir)
+    interrupted = (
+        (run_dir / "best.keras").is_file(),
+        training.run_finished(run_dir),
+        training.committed_backup(run_dir),
+    )
     resumed = training.fit(_narrow_resnet(), train, val, run_dir, epochs=3, verbose=0)
     return run_dir, interrupted, resumed
 
@@ -137,13 +166,24 @@ def test_fit_runs_the_recipe_and_writes_the_run_folder(resumed_run):
 
 
 def test_a_resumed_run_continues_from_its_last_finished_epoch(resumed_run):
-    _, (had_checkpoint, was_finished), resumed = resumed_run
+    _, (had_checkpoint, was_finished, _), resumed = resumed_run
     # Epoch 0's checkpoint existed, but the backup said the run was not finished.
     assert had_checkpoint and not was_finished
     assert resumed.history["learning_rate"] == pytest.approx(
         [5e-4 * 0.98, 5e-4 * 0.98**2]
     )
     assert resumed.history["keep_prob"] == pytest.approx([0.995, 0.99])
+
+
+def test_the_backup_holds_the_random_generators_states(resumed_run):
+    # Keras' save_weights leaves out the SeedGenerator states; the backup keeps
+    # them, so that a resumed run draws the same augmentations and masks.
+    _, (_, _, backup), _ = resumed_run
+    model = _narrow_resnet()  # augmentation, four DropBlock and two dropout layers
+    fresh = [v.numpy().tolist() for v in training.random_states(model)]
+    assert len(fresh) == 7 and len(backup["random_states"]) == 7
+    advanced = zip(backup["random_states"], fresh, strict=True)
+    assert all(saved != start for saved, start in advanced)
 
 
 def test_split_datasets_give_full_training_batches_and_even_validation_ones(cifar):
