@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
 # Seconds one notebook cell may run under nbval before the test fails.
 CELL_TIMEOUT ?= 600
-# Processes the unit tests run in (each test file in one of them; each needs ~3 GB).
+# Processes the unit tests run in (pytest-xdist; each test file runs in one of them).
 WORKERS ?= 2
 LINTED := cifar_helpers tests notebooks benchmarks
 # JupyterLab refuses to run as root (containers, some cloud machines) without this.
