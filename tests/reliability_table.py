@@ -86,7 +86,8 @@ ROWS = [
         "a seeded run killed (three times, at different moments) and resumed",
         "ends bitwise identical to an uninterrupted run: weights and every logged "
         "value; the backup holds the random generators' states (augmentation, "
-        "DropBlock), and the resumed `fit` fast-forwards the seeded shuffle",
+        "dropout, DropBlock), and the resumed `fit` replays the seeded shuffles the "
+        "interrupted run had drawn",
         "test_faults",
         [
             "test_a_killed_and_resumed_run_ends_bit_for_bit_as_one_never_interrupted",
