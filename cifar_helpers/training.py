@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -554,6 +555,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if len(saved) == len(states):
             for variable, value in zip(states, saved, strict=True):
                 variable.assign(value)
+        elif saved:
+            warnings.warn(
+                f"{self.backup_dir}: the backup holds {len(saved)} random-generator "
+                f"states and this model has {len(states)}; the run resumes, but draws "
+                "new random numbers, so it will not repeat bit for bit.",
+                stacklevel=2,
+            )
         self.model._initial_epoch = record["epoch"]
 
 

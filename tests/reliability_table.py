@@ -91,6 +91,8 @@ ROWS = [
         "test_faults",
         [
             "test_a_killed_and_resumed_run_ends_bit_for_bit_as_one_never_interrupted",
+            "test_training::test_a_resume_replays_the_shuffles_fit_had_drawn",
+            "test_training::test_the_backup_holds_the_random_generators_states",
         ],
     ),
     (

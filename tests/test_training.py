@@ -186,6 +186,48 @@ def test_the_backup_holds_the_random_generators_states(resumed_run):
     assert all(saved != start for saved, start in advanced)
 
 
+def test_a_backup_whose_random_states_do_not_fit_resumes_with_a_warning(tmp_path):
+    model = training.compile_model(models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8))
+    model.optimizer.build(model.trainable_variables)
+    (tmp_path / "backup").mkdir()
+    model.save_weights(tmp_path / "backup" / "epoch-1.weights.h5")
+    record = {"epoch": 1, "weights": "epoch-1.weights.h5", "random_states": [[0, 1]]}
+    (tmp_path / "backup" / "training_metadata.json").write_text(json.dumps(record))
+    backup = training.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    with pytest.warns(UserWarning, match="will not repeat bit for bit"):
+        backup._load_model()
+    assert model._initial_epoch == 1
+
+
+def test_a_resume_replays_the_shuffles_fit_had_drawn():
+    # _fast_forward relies on how often Keras' fit starts iterating a dataset; if a
+    # Keras release changes it, this says so before the bitwise fault tests fail.
+    images = np.zeros((40, 32, 32, 3), "uint8")
+    labels = np.arange(40)
+
+    def shuffled():
+        keras.utils.set_random_seed(0)
+        return data.make_dataset(images, labels, batch_size=10, training=True)
+
+    class Recorder(keras.Sequential):
+        def train_step(self, batch):
+            seen.append(batch[1].numpy().tolist())
+            return super().train_step(batch)
+
+    seen = []
+    model = Recorder([keras.Input((32, 32, 3)), keras.layers.Flatten()])
+    model.add(keras.layers.Dense(40))
+    model.compile("sgd", "sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(shuffled(), epochs=3, verbose=0, shuffle=False)
+    per_epoch = [seen[e * 4 : e * 4 + 4] for e in range(3)]
+    for epoch in range(3):
+        dataset = shuffled()
+        training._fast_forward(dataset, epoch)  # what a run resumed here replays
+        order = [b.numpy().tolist() for _, b in dataset]
+        assert order == per_epoch[epoch], f"epoch {epoch}"
+
+
 def test_split_datasets_give_full_training_batches_and_even_validation_ones(cifar):
     split = data.with_validation_split(cifar, val_per_class=2, seed=0)  # 200 images
     train, val = training.split_datasets(split, batch_size=64, replicas=2)
