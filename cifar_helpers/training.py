@@ -489,12 +489,6 @@ def read_history(path) -> dict:
     }
 
 
-def _best_logged(path: Path, monitor: str):
-    """The lowest ``monitor`` value logged in a CSV history, or None."""
-    values = read_history(path).get(monitor, [])
-    return min((value for value in values if value == value), default=None)
-
-
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that writes each model under a partial name and renames
     it when complete (:mod:`cifar_helpers.atomic`): a crash mid-save leaves the
@@ -599,31 +593,28 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     Keras' callback starts afresh in each ``fit``: after a resume its patience
     would count from the resume, so a run interrupted once could train longer than
-    one that was not. Given the folder of the run being resumed, this one takes the
-    best monitored value, its epoch and the epochs waited since from the run's
-    ``history.csv`` (already trimmed to the committed epochs), and the best weights
-    from ``best.keras`` (saved at that same epoch, on the same monitor).
+    one that was not. Given the monitored values the run logged before (``logged``,
+    one per committed epoch), this one replays them to recover the best value, its
+    epoch and the epochs waited since, and takes the best weights from ``best``
+    (the ``best.keras`` checkpoint, saved at that same epoch on the same monitor).
     """
 
-    def __init__(self, run_dir=None, **kwargs):
+    def __init__(self, logged=(), best=None, **kwargs):
         super().__init__(**kwargs)
-        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.logged = list(logged)
+        self.best_path = None if best is None else Path(best)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        if self.run_dir is None:
-            return
-        values = read_history(self.run_dir / "history.csv").get(self.monitor, [])
-        if not values:
+        if not self.logged:
             return
         self._set_monitor_op()
-        for epoch, value in enumerate(values):  # what on_epoch_end did, replayed
+        for epoch, value in enumerate(self.logged):  # what on_epoch_end did, replayed
             self.wait += 1
             if self._is_improvement(value, self.best):
                 self.best, self.best_epoch, self.wait = value, epoch, 0
-        best = self.run_dir / "best.keras"
-        if self.restore_best_weights and best.is_file():
-            saved = keras.saving.load_model(best, compile=False)
+        if self.restore_best_weights and self.best_path and self.best_path.is_file():
+            saved = keras.saving.load_model(self.best_path, compile=False)
             self.best_weights = saved.get_weights()
 
 
@@ -700,10 +691,13 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     if resuming:
         _trim_history(run_dir / "history.csv", backup["epoch"])
     # The backup brings back the weights and the epoch, not the other callbacks'
-    # state: give the checkpoint the best score of the epochs before.
-    best_so_far = (
-        _best_logged(run_dir / "history.csv", recipe.monitor) if resuming else None
+    # state: give the checkpoint and early stopping the scores of the epochs before.
+    logged = (
+        read_history(run_dir / "history.csv").get(recipe.monitor, [])
+        if resuming
+        else []
     )
+    best_so_far = min((value for value in logged if value == value), default=None)
     # The callbacks that add to an epoch's logs come first, so that the CSV log,
     # the checkpoints and TensorBoard see their values; the backup comes last.
     chosen = [EpochTimer(), *recipe.schedule_callbacks(model)]
@@ -718,7 +712,8 @@ def callbacks(model, run_dir, recipe=ORIGINAL, *, tensorboard=True):
     if recipe.patience:
         chosen.append(
             ResumableEarlyStopping(
-                run_dir if resuming else None,
+                logged,
+                run_dir / "best.keras",
                 monitor=recipe.monitor,
                 patience=recipe.patience,
                 restore_best_weights=True,

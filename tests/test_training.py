@@ -77,11 +77,10 @@ def test_early_stopping_carries_on_counting_after_a_resume(tmp_path):
 
     best = tiny(0)
     best.save(tmp_path / "best.keras")
-    history = "epoch,loss,val_loss\n0,4.0,3.0\n1,3.5,2.0\n2,3.1,2.5\n"
-    (tmp_path / "history.csv").write_text(history)
     settings = dict(monitor="val_loss", patience=2, restore_best_weights=True)
     resumed, afresh = tiny(1), tiny(1)
-    stop = training.ResumableEarlyStopping(tmp_path, **settings)
+    logged = [3.0, 2.0, 2.5]  # val_loss of the epochs before the resume
+    stop = training.ResumableEarlyStopping(logged, tmp_path / "best.keras", **settings)
     plain = keras.callbacks.EarlyStopping(**settings)
     for callback, model in ((stop, resumed), (plain, afresh)):
         callback.set_model(model)
@@ -250,6 +249,7 @@ def test_a_resume_keeps_the_checkpoints_best_score_from_before(tmp_path):
     model = models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
     assert chosen["AtomicCheckpoint"].best == pytest.approx(3.2)
+    assert chosen["ResumableEarlyStopping"].logged == pytest.approx([3.5, 3.2])
     assert chosen["CSVLogger"].append
 
 
