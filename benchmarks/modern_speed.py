@@ -4,9 +4,10 @@ Measured side by side in one run:
 
 - the machine's dense matmul FLOP rate (a chain of ``n x n`` matmuls in the
   models' compute dtype, XLA-compiled): the reference a training step is held to;
-- for the original part-7 model (``seed_resnet``, full size, the original recipe)
-  and the modern one (``resnet9`` or ``preact_resnet18``, full size, the modern
-  recipe with its XLA and steps per execution), the training step's images per
+- for the original part-7 model (``original_resnet``, full size, the original
+  recipe) and the modern one (``resnet9`` or ``preact_resnet18``, full size, the
+  modern recipe with its XLA and steps per execution), each with its recipe from
+  ``models.CATALOGUE``, the training step's images per
   second through ``Model.fit`` on synthetic uint8 batches, with the in-model
   augmentation on, and the FLOP rate it achieves (6 x forward multiply-accumulates
   per image, see ``models.macs_per_image``) as a fraction of the matmul rate;
@@ -22,7 +23,7 @@ Rounds alternate (matmul, original, modern, modern without augmentation, origina
 with XLA) so that a noisy neighbour slows all of them; medians over rounds are
 reported, with ranges.
 ``--gpu`` is the variant for an accelerator: the precision policy the hardware
-calls for (``training.choose_precision``), XLA for every model, the recipes' own
+calls for (``devices.choose_precision``), XLA for every model, the recipes' own
 batch sizes, more steps.
 
 Prints a table and writes JSON (default benchmarks/results/modern_speed.json, or
@@ -41,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from report import save
 
-from cifar_helpers import models, training
+from cifar_helpers import devices, models, recipes, training
 from cifar_helpers.augment import Augment
 
 TARGETS = {"flop_fraction": 0.65, "augmentation_share": 0.05, "speedup": 4.0}
@@ -77,11 +78,11 @@ class Contender:
     def __init__(self, name, model, recipe, batch, steps):
         self.name, self.model, self.batch, self.steps = name, model, batch, steps
         recipe = dataclasses.replace(recipe, batch_size=batch)
-        if isinstance(recipe, training.ModernRecipe):
+        if isinstance(recipe, recipes.ModernRecipe):
             recipe = dataclasses.replace(
                 recipe, steps_per_execution=min(steps, recipe.steps_per_execution)
             )
-        training.compile_model(model, recipe, steps_per_epoch=steps)
+        recipes.compile_model(model, recipe, steps_per_epoch=steps)
         self.macs = models.macs_per_image(model)
         self.seconds = []
         training.training_speed(model, batch, steps=steps)  # compile and warm up
@@ -123,18 +124,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, help="default: 64 (CPU), recipes' (GPU)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--modern", default="resnet9", choices=["resnet9", "preact_resnet18"]
-    )
+    modern_names = [
+        name
+        for name, spec in models.CATALOGUE.items()
+        if isinstance(spec.recipe, recipes.ModernRecipe)
+    ]
+    parser.add_argument("--modern", default="resnet9", choices=modern_names)
     parser.add_argument("--gpu", action="store_true", help="accelerator variant")
     parser.add_argument(
         "--steps", type=int, help="steps a round (default 1 and 2; 20 and 40 --gpu)"
     )
     parser.add_argument("--out")
     args = parser.parse_args()
-    policy = training.use_precision("auto" if args.gpu else "float32")
+    policy = devices.use_precision("auto" if args.gpu else "float32")
     compute = keras.mixed_precision.global_policy().compute_dtype
-    original_recipe, modern_recipe = training.ORIGINAL, training.MODERN
+    original_spec = models.spec("original_resnet")
+    modern_spec = models.spec(args.modern)
+    original_recipe, modern_recipe = original_spec.recipe, modern_spec.recipe
     if args.gpu:
         original_recipe = dataclasses.replace(original_recipe, jit_compile=True)
     batches = {
@@ -148,20 +154,25 @@ def main():
     print(f"policy {policy}; batches {batches}; steps a round {steps}")
 
     keras.utils.set_random_seed(0)
-    build = getattr(models, args.modern)
     modern_batch, original_batch = batches["modern"], batches["original"]
     contenders = [
         Contender(
             "original",
-            models.seed_resnet(),
+            original_spec.build(),
             original_recipe,
             original_batch,
             steps["original"],
         ),
-        Contender(args.modern, build(), modern_recipe, modern_batch, steps["modern"]),
+        Contender(
+            args.modern,
+            modern_spec.build(),
+            modern_recipe,
+            modern_batch,
+            steps["modern"],
+        ),
         Contender(
             f"{args.modern} without augmentation",
-            build(augment=False),
+            modern_spec.build(augment=False),
             modern_recipe,
             modern_batch,
             steps["modern"],
@@ -174,7 +185,7 @@ def main():
         contenders.append(
             Contender(
                 "original with XLA",
-                models.seed_resnet(),
+                original_spec.build(),
                 xla,
                 original_batch,
                 steps["original"],

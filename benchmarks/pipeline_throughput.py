@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from report import save
 
-from cifar_helpers import augment, data
+from cifar_helpers import augment, pipeline
 
 BATCH = 256
 IMAGES = 50_000
@@ -43,10 +43,10 @@ def pipelines(x, y):
         return keras_flip(keras_crop(padded, training=True), training=True), labels
 
     return {
-        "(a) in-model augmentation: shuffle, batch, prefetch": data.make_dataset(
+        "(a) in-model augmentation: shuffle, batch, prefetch": pipeline.make_dataset(
             x, y, batch_size=BATCH, training=True
         ),
-        "(b) batched crop+flip+cutout in tf.data (ours)": data.make_dataset(
+        "(b) batched crop+flip+cutout in tf.data (ours)": pipeline.make_dataset(
             x, y, batch_size=BATCH, training=True, augment=augment.augment_batch
         ),
         "(c) per-image tf.image crop+flip map": shuffled.map(
@@ -76,9 +76,9 @@ def main():
     results = {}
     for name, ds in pipelines(x, y).items():
         # Each pipeline is warmed (cache filled, graphs traced) before the best of N.
-        data.images_per_second(ds, batches=IMAGES // BATCH, warmup=2)
+        pipeline.images_per_second(ds, batches=IMAGES // BATCH, warmup=2)
         rates = [
-            data.images_per_second(ds, batches=args.batches)
+            pipeline.images_per_second(ds, batches=args.batches)
             for _ in range(args.repeats)
         ]
         results[name] = max(rates)

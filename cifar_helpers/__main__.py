@@ -2,4 +2,4 @@
 
 from cifar_helpers.cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m cifar_helpers"))

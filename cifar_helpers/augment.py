@@ -5,7 +5,7 @@ dtype; uint8 stays uint8) and a stateless seed (an int tensor of shape ``[2]``),
 one set of parameters per image, and applies them with a few vectorised ops: no
 per-image Python or ``map_fn``. The same functions serve twice:
 
-- in ``tf.data``: ``data.make_dataset(..., augment=augment_batch)`` maps them over
+- in ``tf.data``: ``pipeline.make_dataset(..., augment=augment_batch)`` maps them over
   batches on the host CPU;
 - in the model: the :class:`Augment` layer calls them inside ``fit``, so they run on
   the GPU or TPU with the rest of the step, and do nothing at inference.

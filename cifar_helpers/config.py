@@ -15,6 +15,10 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 
+class ConfigError(ValueError):
+    """An environment variable of the series holds a value it does not understand."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """``smoke``: shrink the run. ``data_source``: what ``data.load_cifar100`` takes."""
@@ -36,7 +40,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> RunConfig:
     environ = os.environ if environ is None else environ
     raw_smoke = environ.get("CIFAR_SMOKE", "").strip().lower()
     if raw_smoke not in _TRUE | _FALSE:
-        raise ValueError(
+        raise ConfigError(
             f"CIFAR_SMOKE={environ['CIFAR_SMOKE']!r} is not understood: set it to 1 "
             "for a smoke run or 0 (or leave it unset) for a full run."
         )

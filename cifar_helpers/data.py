@@ -1,9 +1,10 @@
-"""CIFAR-100 data: download, verify, parse, split, subset, synthetic archive, tf.data.
+"""CIFAR-100 as arrays: download, verify, parse, split, subset.
 
 Introduced in notebook 01. The flow is one direction: an archive (the official one, a
-local copy, or a synthetic one written by :func:`write_synthetic_archive`) goes through
-one parser into a :class:`Cifar100` of uint8 NHWC arrays; splits and subsets are
-stratified index picks; :func:`make_dataset` turns arrays into a ``tf.data`` pipeline.
+local copy, or a synthetic one written by
+:func:`cifar_helpers.synthetic.write_synthetic_archive`) goes through one parser into
+a :class:`Cifar100` of uint8 NHWC arrays; splits and subsets are stratified index
+picks; :mod:`cifar_helpers.pipeline` turns the arrays into ``tf.data`` pipelines.
 Every failure raises a :class:`DatasetError` (a ``ValueError``) that names the file,
 says what is wrong and how to fix it.
 """
@@ -14,13 +15,12 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
-import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from cifar_helpers._moved import moved
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -28,13 +28,7 @@ ARCHIVE_NAME = "cifar-100-python.tar.gz"
 FOLDER_NAME = "cifar-100-python"
 MEMBERS = ("train", "test", "meta")
 NUM_FINE, NUM_COARSE = 100, 20
-IMAGE_SHAPE = (32, 32, 3)
 ROW_BYTES = 32 * 32 * 3
-
-# The size of the archive that ``load_cifar100("synthetic")`` writes (and caches).
-SYNTHETIC_TRAIN_PER_CLASS = 100
-SYNTHETIC_TEST_PER_CLASS = 20
-_SYNTHETIC_VERSION = 1  # bump when the drawing changes, so caches are not reused
 
 
 class DatasetError(ValueError):
@@ -110,12 +104,15 @@ def load_cifar100(
     ``source`` is ``None`` (the official archive, downloaded once into the Keras cache
     and verified by its MD5), a path to a ``cifar-100-python.tar.gz`` or to its
     extracted folder, or ``"synthetic"`` (a stand-in archive written by
-    :func:`write_synthetic_archive` into the cache and parsed by the same code).
+    :func:`cifar_helpers.synthetic.write_synthetic_archive` into the cache and
+    parsed by the same code).
     ``cache_dir`` defaults to Keras' cache (``$KERAS_HOME`` or ``~/.keras``).
     """
     if source is None:
         return read_archive(download_cifar100(cache_dir=cache_dir))
     if str(source) == "synthetic":
+        from cifar_helpers.synthetic import synthetic_archive_path
+
         return read_archive(synthetic_archive_path(cache_dir=cache_dir))
     path = Path(source).expanduser()
     if path.is_dir():
@@ -128,7 +125,9 @@ def load_cifar100(
     )
 
 
-def _cache_root(cache_dir) -> Path:
+def cache_root(cache_dir=None) -> Path:
+    """Where downloaded and synthetic archives are kept: ``cache_dir``, else Keras'
+    cache (``$KERAS_HOME``, else ``~/.keras``)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
@@ -159,7 +158,7 @@ def download_cifar100(*, cache_dir=None) -> Path:
     """
     import keras
 
-    datasets = _cache_root(cache_dir) / "datasets"
+    datasets = cache_root(cache_dir) / "datasets"
     target = datasets / ARCHIVE_NAME
     manual = (
         f"Or download {CIFAR100_URL} by hand (MD5 {CIFAR100_MD5}) and place it at "
@@ -177,7 +176,7 @@ def download_cifar100(*, cache_dir=None) -> Path:
             keras.utils.get_file(
                 fname=ARCHIVE_NAME,
                 origin=CIFAR100_URL,
-                cache_dir=str(_cache_root(cache_dir)),
+                cache_dir=str(cache_root(cache_dir)),
                 cache_subdir="datasets",
             )
         )
@@ -289,7 +288,10 @@ def _parse_members(raw: dict[str, bytes], where: str) -> Cifar100:
     x_train, y_train, c_train = _split_arrays(raw["train"], f"{where} (train)")
     x_test, y_test, c_test = _split_arrays(raw["test"], f"{where} (test)")
     _check_superclasses(y_train, c_train, y_test, c_test, where)
-    # The synthetic archive is recognised by its class names, wherever it is read from.
+    # The synthetic archive is recognised by its class names, wherever it is read
+    # from. (synthetic writes in this module's layout, so it is imported here.)
+    from cifar_helpers.synthetic import synthetic_class_names
+
     synthetic = fine_names == synthetic_class_names()[0]
     return Cifar100(
         x_train=x_train,
@@ -438,244 +440,22 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pixels.mean(axis=0), pixels.std(axis=0)
 
 
-# ------------------------------------------------------------ the synthetic archive
-
-_COLOURS = {
-    "red": (220, 45, 40),
-    "green": (45, 200, 70),
-    "blue": (50, 90, 235),
-    "yellow": (235, 215, 45),
-    "purple": (165, 60, 215),
-}
-
-
-def _patterns():
-    """20 shapes and textures (the synthetic superclasses), each a mask function.
-
-    Each takes row/column offsets from the shape's centre ``dy, dx``, absolute
-    coordinates ``yy, xx``, the radius ``r`` and a phase ``p`` (all broadcastable to
-    ``n x 32 x 32``) and returns a boolean mask.
-    """
-    dist = np.hypot
-    big = np.maximum
-    return {
-        "disc": lambda dy, dx, yy, xx, r, p: dist(dy, dx) < r,
-        "ring": lambda dy, dx, yy, xx, r, p: abs(dist(dy, dx) - 0.8 * r) < 0.22 * r,
-        "square": lambda dy, dx, yy, xx, r, p: big(abs(dy), abs(dx)) < 0.8 * r,
-        "frame": lambda dy, dx, yy, xx, r, p: (
-            abs(big(abs(dy), abs(dx)) - 0.7 * r) < 0.15 * r
-        ),
-        "diamond": lambda dy, dx, yy, xx, r, p: abs(dy) + abs(dx) < r,
-        "plus": lambda dy, dx, yy, xx, r, p: (
-            (abs(dy) < 0.28 * r) & (abs(dx) < r) | (abs(dx) < 0.28 * r) & (abs(dy) < r)
-        ),
-        "cross": lambda dy, dx, yy, xx, r, p: (
-            (abs(abs(dy) - abs(dx)) < 0.4 * r) & (big(abs(dy), abs(dx)) < 0.9 * r)
-        ),
-        "triangle": lambda dy, dx, yy, xx, r, p: (
-            (dy < 0.7 * r) & (abs(dx) < 0.6 * (dy + r))
-        ),
-        "hstripes": lambda dy, dx, yy, xx, r, p: (yy + p) % 8 < 4,
-        "vstripes": lambda dy, dx, yy, xx, r, p: (xx + p) % 8 < 4,
-        "diagonals": lambda dy, dx, yy, xx, r, p: (yy + xx + p) % 10 < 5,
-        "checks": lambda dy, dx, yy, xx, r, p: ((yy + p) // 6 + (xx + p) // 6) % 2 == 0,
-        "dots": lambda dy, dx, yy, xx, r, p: ((yy + p) % 8 < 3) & ((xx + p) % 8 < 3),
-        "hbar": lambda dy, dx, yy, xx, r, p: (abs(dy) < 0.3 * r) & (abs(dx) < 1.3 * r),
-        "vbar": lambda dy, dx, yy, xx, r, p: (abs(dx) < 0.3 * r) & (abs(dy) < 1.3 * r),
-        "halfdisc": lambda dy, dx, yy, xx, r, p: (dist(dy, dx) < r) & (dy < 0),
-        "twodiscs": lambda dy, dx, yy, xx, r, p: (
-            (dist(dy, dx - 0.6 * r) < 0.45 * r) | (dist(dy, dx + 0.6 * r) < 0.45 * r)
-        ),
-        "ell": lambda dy, dx, yy, xx, r, p: (
-            (abs(dx + 0.5 * r) < 0.3 * r) & (abs(dy) < r)
-            | (abs(dy - 0.7 * r) < 0.3 * r) & (abs(dx) < 0.8 * r)
-        ),
-        "target": lambda dy, dx, yy, xx, r, p: (
-            (dist(dy, dx) < 0.3 * r) | (abs(dist(dy, dx) - 0.85 * r) < 0.15 * r)
-        ),
-        "corner": lambda dy, dx, yy, xx, r, p: (
-            (dy < 0.2 * r) & (dx < 0.2 * r) & (dist(dy, dx) < 1.3 * r)
-        ),
-    }
-
-
-def synthetic_class_names() -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
-    """Fine names (``colour_shape``, sorted), coarse names (shapes, sorted), map."""
-    coarse = tuple(sorted(_patterns()))
-    fine = tuple(sorted(f"{c}_{s}" for s in coarse for c in _COLOURS))
-    fine_to_coarse = np.array([coarse.index(n.split("_", 1)[1]) for n in fine])
-    return fine, coarse, fine_to_coarse
-
-
-def draw_synthetic_images(fine_label: int, count: int, rng) -> np.ndarray:
-    """``count`` uint8 32x32x3 images of one synthetic class, drawn with ``rng``.
-
-    A coloured shape or texture (the class) at a random place and size, on a random
-    dark background with pixel noise.
-    """
-    fine, coarse, fine_to_coarse = synthetic_class_names()
-    colour = np.array(_COLOURS[fine[fine_label].split("_", 1)[0]], dtype=np.float32)
-    pattern = _patterns()[coarse[fine_to_coarse[fine_label]]]
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
-    shape = (count, 1, 1)
-    cy, cx = rng.uniform(12, 20, shape), rng.uniform(12, 20, shape)
-    radius = rng.uniform(6.5, 10.5, shape)
-    phase = rng.integers(0, 8, shape)
-    mask = pattern(yy - cy, xx - cx, yy, xx, radius, phase)[..., None]
-    background = rng.uniform(0, 110, (count, 1, 1, 3))
-    foreground = colour + rng.uniform(-30, 30, (count, 1, 1, 3))
-    images = np.where(mask, foreground, background)
-    images += rng.normal(0, 12, images.shape)
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
-
-
-def _pickle_member(obj: dict) -> bytes:
-    # Protocol 2 with byte-string keys: what the official Python-2 pickles hold.
-    return pickle.dumps(obj, protocol=2)
-
-
-def _synthetic_split(per_class: int, rng, label: bytes, prefix: str) -> dict:
-    fine, _, fine_to_coarse = synthetic_class_names()
-    images = np.concatenate(
-        [draw_synthetic_images(c, per_class, rng) for c in range(100)]
-    )
-    fine_labels = np.repeat(np.arange(NUM_FINE), per_class)
-    order = rng.permutation(len(fine_labels))
-    images, fine_labels = images[order], fine_labels[order]
-    return {
-        b"filenames": [
-            f"{prefix}_{fine[c]}_{i:05d}.png".encode()
-            for i, c in enumerate(fine_labels)
-        ],
-        b"batch_label": label,
-        b"fine_labels": fine_labels.tolist(),
-        b"coarse_labels": fine_to_coarse[fine_labels].tolist(),
-        # Channel-planar rows: all red bytes, then green, then blue.
-        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), ROW_BYTES),
-    }
-
-
-def write_synthetic_archive(
-    path: str | os.PathLike,
-    *,
-    train_per_class: int = SYNTHETIC_TRAIN_PER_CLASS,
-    test_per_class: int = SYNTHETIC_TEST_PER_CLASS,
-    seed: int = 0,
-) -> Path:
-    """Write a synthetic ``cifar-100-python.tar.gz`` in exactly the official layout.
-
-    Members ``cifar-100-python/train``, ``test`` and ``meta`` hold protocol-2 pickles
-    with byte-string keys, like the official ones. Each of the 100 classes is a colour
-    and a shape (``red_disc``); its superclass is the shape, so the 20 superclasses
-    are meaningful. A small CNN learns the classes well above chance in a few epochs.
-    This is not CIFAR-100: accuracies on it only show that code runs and learns.
-    The file is written atomically (a temporary file, then a rename).
-    """
-    if train_per_class < 1 or test_per_class < 1:
-        raise ValueError(
-            f"write_synthetic_archive: train_per_class={train_per_class} and "
-            f"test_per_class={test_per_class} must both be at least 1."
-        )
-    rng = np.random.default_rng(seed)
-    fine, coarse, _ = synthetic_class_names()
-    members = {
-        "train": _synthetic_split(
-            train_per_class, rng, b"training batch 1 of 1", "train"
-        ),
-        "test": _synthetic_split(test_per_class, rng, b"testing batch 1 of 1", "test"),
-        "meta": {
-            b"fine_label_names": [n.encode() for n in fine],
-            b"coarse_label_names": [n.encode() for n in coarse],
-        },
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, suffix=".partial", delete=False
-    ) as f:
-        try:
-            with tarfile.open(fileobj=f, mode="w:gz", compresslevel=6) as tar:
-                folder = tarfile.TarInfo(FOLDER_NAME)
-                folder.type, folder.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(folder)
-                for name, obj in members.items():
-                    payload = _pickle_member(obj)
-                    info = tarfile.TarInfo(f"{FOLDER_NAME}/{name}")
-                    info.size, info.mode = len(payload), 0o644
-                    tar.addfile(info, io.BytesIO(payload))
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-    return path
-
-
-def synthetic_archive_path(*, cache_dir=None, seed: int = 0) -> Path:
-    """The cached synthetic archive that ``load_cifar100("synthetic")`` reads.
-
-    Written on first use (a second or two) and reused afterwards.
-    """
-    name = (
-        f"cifar-100-synthetic-v{_SYNTHETIC_VERSION}-{SYNTHETIC_TRAIN_PER_CLASS}x"
-        f"{SYNTHETIC_TEST_PER_CLASS}-seed{seed}.tar.gz"
-    )
-    path = _cache_root(cache_dir) / "datasets" / name
-    if not path.is_file():
-        write_synthetic_archive(path, seed=seed)
-    return path
-
-
-# ------------------------------------------------------------------ tf.data
-
-
-def make_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    training: bool,
-    seed: int = 0,
-    augment: Callable | None = None,
-):
-    """A ``tf.data`` pipeline of ``(uint8 images, int labels)`` batches.
-
-    The uint8 arrays are cached as they are (4x smaller than floats). For training:
-    a seeded shuffle that changes every epoch, whole batches only (``drop_remainder``,
-    so a compiled step always sees one shape), then ``augment(images, seed)`` mapped
-    over each batch with a fresh stateless seed (shape ``[2]``) per batch. Evaluation
-    keeps order and the last partial batch. Both prefetch.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    if training:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=training)
-    if augment is not None:
-        if not training:
-            raise ValueError(
-                "make_dataset: augment only training data (training=True)."
+# Names that lived here before cifar_helpers 0.2.
+__getattr__ = moved(
+    __name__,
+    {
+        "make_dataset": ("pipeline", "make_dataset"),
+        "images_per_second": ("pipeline", "images_per_second"),
+        "SYNTHETIC_TRAIN_PER_CLASS": ("synthetic", "TRAIN_PER_CLASS"),
+        "SYNTHETIC_TEST_PER_CLASS": ("synthetic", "TEST_PER_CLASS"),
+        **{
+            name: ("synthetic", name)
+            for name in (
+                "write_synthetic_archive",
+                "synthetic_archive_path",
+                "synthetic_class_names",
+                "draw_synthetic_images",
             )
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
-            lambda batch, s: (augment(batch[0], s), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def images_per_second(dataset, *, batches: int = 100, warmup: int = 10) -> float:
-    """Images per second that ``dataset`` delivers, timed after ``warmup`` batches.
-
-    Iterates the pipeline alone (no model), so it measures what the host can feed.
-    The dataset is repeated, so small datasets can be timed over many batches.
-    """
-    iterator = iter(dataset.repeat())
-    for _ in range(warmup):
-        next(iterator)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        count += int(next(iterator)[0].shape[0])
-    return count / (time.perf_counter() - start)
+        },
+    },
+)

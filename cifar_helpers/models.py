@@ -1,15 +1,24 @@
-"""The series' models, built from :mod:`cifar_helpers.blocks`.
+"""The series' models, built from :mod:`cifar_helpers.blocks`, and their catalogue.
 
 Every model takes raw ``uint8`` images (``N x 32 x 32 x 3``) and returns class
 probabilities (``N x 100``, float32 under any precision policy), so a saved model
 needs no preprocessing outside it. Introduced in notebook 02 (``baseline_cnn``);
-``seed_resnet`` is the subject of notebook 04, ``resnet9`` and ``preact_resnet18``
-(the modern residual networks) of notebook 05.
+``original_resnet`` is the subject of notebook 04, ``resnet9`` and
+``preact_resnet18`` (the modern residual networks) of notebook 05.
+
+:data:`CATALOGUE` maps each name to a :class:`ModelSpec`: its builder, the recipe
+it trains with, its precision rule and the narrow sizes of a smoke run. The
+command line, the notebooks, the tests and the benchmarks all read it.
 """
+
+import dataclasses
+import warnings
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
+from cifar_helpers._moved import moved
 from cifar_helpers.augment import Augment
 from cifar_helpers.blocks import (
     MODERN_MOMENTUM,
@@ -24,6 +33,7 @@ from cifar_helpers.blocks import (
     resnet9_residual,
 )
 from cifar_helpers.dropblock import DropBlock
+from cifar_helpers.recipes import MODERN, ORIGINAL, BaseRecipe
 
 ORIGINAL_WIDTHS = (128, 256, 512, 1024)
 BASELINE_FILTERS = (64, 128, 256, 512)
@@ -111,8 +121,8 @@ def baseline_cnn(
     Four :func:`~cifar_helpers.blocks.cnn_block`\\ s of ``filters`` filters with
     ``kernels`` kernels (each halving the map: 32 to 2 pixels), dropout
     ``conv_dropout`` after each (the original kept 85 %), then the same head as
-    :func:`seed_resnet` with ``hidden``-unit dense layers. ``bn_momentum`` as in
-    :func:`seed_resnet`.
+    :func:`original_resnet` with ``hidden``-unit dense layers. ``bn_momentum`` as in
+    :func:`original_resnet`.
     """
     if len(filters) != 4 or len(kernels) != 4:
         raise ValueError(
@@ -134,7 +144,7 @@ def baseline_cnn(
     return keras.Model(inputs, outputs, name=name)
 
 
-def seed_resnet(
+def original_resnet(
     *,
     widths=ORIGINAL_WIDTHS,
     hidden: int = 4096,
@@ -143,7 +153,7 @@ def seed_resnet(
     dropout: float = 0.5,
     augment: bool = True,
     bn_momentum: float = ORIGINAL_MOMENTUM,
-    name: str = "seed_resnet",
+    name: str = "original_resnet",
 ):
     """The original part-7 residual network, layer for layer.
 
@@ -304,3 +314,106 @@ def macs_per_image(model) -> int:
         elif isinstance(layer, keras.layers.Dense):
             total += layer.input.shape[-1] * layer.units
     return int(total)
+
+
+# ---------------------------------------------------------------- the catalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the catalogue.
+
+    ``build`` makes the full-size model (keyword sizes override it); ``recipe`` is
+    the recipe it trains with (:mod:`cifar_helpers.recipes`); ``precision`` is
+    ``"float32"`` (as the original trained) or ``"auto"`` (the mixed precision the
+    hardware calls for, see :func:`cifar_helpers.devices.use_precision`);
+    ``smoke`` are the keyword sizes of its narrow copy for smoke runs: the same
+    layers, a few filters each, and batch norm's running averages at momentum 0.9,
+    as so few steps cannot settle the original's 0.997 (the modern models' 0.9
+    already does); ``smoke_batch`` is a smoke run's batch size where the recipe's
+    is too large for a smoke subset (None: the recipe's); ``notebook`` is where
+    the model is taught.
+    """
+
+    name: str
+    build: Callable[..., keras.Model]
+    recipe: BaseRecipe
+    precision: str
+    smoke: dict
+    notebook: str
+    smoke_batch: int | None = None
+
+    def model(self, *, smoke: bool = False, **sizes) -> keras.Model:
+        """The model, narrow when ``smoke``; ``sizes`` override either."""
+        return self.build(**{**(self.smoke if smoke else {}), **sizes})
+
+
+_NARROW = (16, 16, 32, 32)
+_ORIGINAL_SMOKE = {"hidden": 256, "bn_momentum": 0.9}
+# The modern recipe's batch of 512 is more than a quarter of a smoke subset's
+# 2,000 training images; 100 gives an epoch 20 steps.
+_MODERN_SMOKE_BATCH = 100
+
+CATALOGUE = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="baseline_cnn",
+            build=baseline_cnn,
+            recipe=ORIGINAL,
+            precision="float32",
+            smoke={"filters": _NARROW, **_ORIGINAL_SMOKE},
+            notebook="02_baseline_cnn",
+        ),
+        ModelSpec(
+            name="original_resnet",
+            build=original_resnet,
+            recipe=ORIGINAL,
+            precision="float32",
+            smoke={"widths": _NARROW, **_ORIGINAL_SMOKE},
+            notebook="04_residual_network",
+        ),
+        ModelSpec(
+            name="resnet9",
+            build=resnet9,
+            recipe=MODERN,
+            precision="auto",
+            smoke={"widths": _NARROW},
+            smoke_batch=_MODERN_SMOKE_BATCH,
+            notebook="05_modern_resnet",
+        ),
+        ModelSpec(
+            name="preact_resnet18",
+            build=preact_resnet18,
+            recipe=MODERN,
+            precision="auto",
+            smoke={"widths": _NARROW},
+            smoke_batch=_MODERN_SMOKE_BATCH,
+            notebook="05_modern_resnet",
+        ),
+    )
+}
+
+# Old names of catalogue entries, still accepted with a warning until 0.3.
+ALIASES = {"seed_resnet": "original_resnet"}
+
+
+def spec(name: str) -> ModelSpec:
+    """The catalogue's entry for ``name`` (an old alias works, with a warning)."""
+    if name in ALIASES:
+        warnings.warn(
+            f"the model name {name!r} is now {ALIASES[name]!r}; the old name goes in "
+            "cifar_helpers 0.3.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        name = ALIASES[name]
+    if name not in CATALOGUE:
+        raise ValueError(
+            f"model {name!r}: not in the catalogue; use one of {', '.join(CATALOGUE)}."
+        )
+    return CATALOGUE[name]
+
+
+# Names that lived here before cifar_helpers 0.2.
+__getattr__ = moved(__name__, {"seed_resnet": ("models", "original_resnet")})

@@ -1,18 +1,45 @@
+"""Shared fixtures, and what keeps the unit tests independent of the machine.
+
+The tests run wherever ``make test`` runs: a CPU-only CI machine, a workstation
+with one GPU or several, Colab. None of them asserts the hardware it runs on:
+decisions about devices are tested with stated inputs (``tests/test_devices.py``),
+and the tests that compare devices or repeat bit for bit pin their own CPU devices
+in their own subprocesses (``tests/distributed_run.py``, ``tests/test_faults.py``).
+Here, for every test process:
+
+- each TensorFlow process takes GPU memory as it needs it, so that the test
+  processes (``make unit`` runs several) can share one GPU;
+- ``TF_CONFIG`` is removed: a test describes any cluster it needs itself;
+- Keras' global precision policy is put back after each test, as a run that
+  picks the hardware's mixed precision (``devices.use_precision``) sets it for the
+  whole process.
+"""
+
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+os.environ.pop("TF_CONFIG", None)
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from cifar_helpers import data  # noqa: E402
+from cifar_helpers import data, synthetic  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_precision_policy():
+    policy = keras.mixed_precision.global_policy()
+    yield
+    keras.mixed_precision.set_global_policy(policy)
 
 
 @pytest.fixture(scope="session")
 def synthetic_archive(tmp_path_factory):
     """A small synthetic cifar-100-python.tar.gz: 12 train and 4 test images a class."""
     path = tmp_path_factory.mktemp("archive") / data.ARCHIVE_NAME
-    return data.write_synthetic_archive(
+    return synthetic.write_synthetic_archive(
         path, train_per_class=12, test_per_class=4, seed=3
     )
 

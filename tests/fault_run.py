@@ -24,7 +24,7 @@ from pathlib import Path
 
 import keras
 
-from cifar_helpers import cli, training
+from cifar_helpers import cli, resume, training
 
 KIND, _, EPOCH = sys.argv[1].partition("@")
 EPOCH = int(EPOCH or 0)
@@ -79,7 +79,7 @@ def _saving(original, kind, name_part):
 
 
 training.callbacks = _with_clock(training.callbacks)
-backup = training.AtomicBackupAndRestore
+backup = resume.AtomicBackupAndRestore
 backup.on_epoch_end = _at_epoch_end(backup.on_epoch_end)
 keras.Model.save_weights = _saving(keras.Model.save_weights, "in-backup", "backup")
 keras.Model.save = _saving(keras.Model.save, "in-best", "best.partial")

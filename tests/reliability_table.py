@@ -64,14 +64,14 @@ ROWS = [
         None,
         "a half-written log row, or a row of an epoch the backup did not commit",
         "dropped when the run resumes",
-        "test_training",
+        "test_resume",
         ["test_a_resume_drops_log_rows_of_epochs_the_backup_did_not_commit"],
     ),
     (
         None,
         "partial files of a killed save",
         "deleted when training starts; never read",
-        "test_training",
+        "test_resume",
         ["test_partial_files_of_a_killed_save_are_removed_and_never_read"],
     ),
     (
@@ -91,7 +91,7 @@ ROWS = [
         "test_faults",
         [
             "test_a_killed_and_resumed_run_ends_bit_for_bit_as_one_never_interrupted",
-            "test_training::test_a_resume_replays_the_shuffles_fit_had_drawn",
+            "test_resume::test_a_resume_replays_the_shuffles_fit_had_drawn",
             "test_training::test_the_backup_holds_the_random_generators_states",
         ],
     ),
@@ -100,7 +100,7 @@ ROWS = [
         "early stopping in a resumed run",
         "carries on counting its patience from the epochs before the interruption, "
         "and restores the best weights even when they are from before it",
-        "test_training",
+        "test_resume",
         ["test_early_stopping_carries_on_counting_after_a_resume"],
     ),
     (
@@ -114,14 +114,14 @@ ROWS = [
     (
         None,
         "an output folder that cannot be written (no permission, read-only)",
-        "exit status 2, naming the file and the reason",
+        "exit status 1, naming the file and the reason",
         "test_cli",
         ["test_an_unwritable_run_folder_gets_a_clear_error"],
     ),
     (
         None,
         "a full disk in the middle of a run",
-        "exit status 2 with the reason; the last committed backup is whole, no "
+        "exit status 1 with the reason; the last committed backup is whole, no "
         "partial file is left, and the same command resumes",
         "test_cli",
         ["test_a_full_disk_mid_run_stops_cleanly_and_keeps_the_last_backup"],
@@ -129,7 +129,7 @@ ROWS = [
     (
         None,
         "a run folder that belongs to another model or recipe",
-        "refused, naming both settings; the folder is left as it was",
+        "refused, naming both settings (exit status 2); the folder is left as it was",
         "test_cli",
         ["test_a_run_folder_of_another_model_is_refused"],
     ),
@@ -142,8 +142,19 @@ ROWS = [
     ),
     (
         None,
+        "a `CIFAR_SMOKE` value that is not understood",
+        "one error line naming the variable and the values it takes (exit status "
+        "2); nothing is started, and `--help` still works",
+        "test_cli",
+        [
+            "test_a_bad_cifar_smoke_gets_one_clear_error_line",
+            "test_help_never_reads_the_environment",
+        ],
+    ),
+    (
+        None,
         "a distribution strategy the machine lacks",
-        "exit status 2 saying what is missing",
+        "exit status 1 saying what is missing",
         "test_cli",
         ["test_a_strategy_this_machine_lacks_is_refused"],
     ),

@@ -3,20 +3,22 @@ synthetic archive."""
 
 import errno
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from cifar_helpers import cli
+from cifar_helpers import cli, devices
 
 SMOKE = ["--data", "synthetic", "--smoke", "--epochs", "2"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "seed_resnet"
-    argv = ["train", "--model", "seed_resnet", "--out", str(out), *SMOKE]
+    out = tmp_path_factory.mktemp("runs") / "original_resnet"
+    argv = ["train", "--model", "original_resnet", "--out", str(out), *SMOKE]
     assert cli.main(argv) == 0
     return out, argv
 
@@ -43,7 +45,7 @@ def test_results_record_scores_speed_command_and_environment(finished_run):
     assert 0 <= results["test_accuracy"] <= results["test_top5"] <= 1
     assert results["epochs_run"] == 2 and results["images_per_second"] > 0
     assert results["synthetic"] and results["smoke"]
-    assert results["command"].endswith(" ".join(argv[1:]))
+    assert results["command"] == "cifar-helpers " + " ".join(argv)
     assert {"tensorflow", "keras", "cifar_helpers"} <= set(results["versions"])
     assert results["hardware"]["cpus"] >= 1
 
@@ -81,40 +83,96 @@ def test_invalid_arguments_get_a_usage_error(tmp_path, capsys):
     assert stop.value.code == 2 and "invalid choice: 'vgg'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(
-            ["train", "--model", "seed_resnet", "--out", str(tmp_path), "--epochs", "0"]
+            ["train", "--model", "resnet9", "--out", str(tmp_path), "--epochs", "0"]
         )
-    assert "--epochs 0" in capsys.readouterr().err
+    assert "--epochs: '0': use a whole number of at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["train", "--model", "resnet9", "--out", str(tmp_path), "--seed", "-1"]
+        )
+    assert "--seed: '-1': use a whole number of at least 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "photo.jpg", "--model", str(tmp_path), "--top", "x"])
+    assert "--top: 'x': use a whole number of at least 1" in capsys.readouterr().err
 
 
-def test_the_module_runs_with_help():
-    done = subprocess.run(
-        [sys.executable, "-m", "cifar_helpers", "train", "--help"],
+def _run(*command, **env):
+    return subprocess.run(
+        command,
         capture_output=True,
         text=True,
-        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env},
     )
-    assert "--model {baseline_cnn,seed_resnet,resnet9,preact_resnet18}" in done.stdout
+
+
+def test_the_module_and_the_console_script_run_with_help():
+    done = _run(sys.executable, "-m", "cifar_helpers", "train", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m cifar_helpers train")
+    assert "--model {baseline_cnn,original_resnet,resnet9,preact_resnet18}" in (
+        done.stdout
+    )
     assert "--strategy {auto,default,mirrored,multiworker,tpu}" in done.stdout
+    script = Path(sys.executable).with_name("cifar-helpers")  # pip install -e .
+    done = _run(str(script), "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: cifar-helpers")
+
+
+def test_help_never_reads_the_environment():
+    done = _run(
+        sys.executable, "-m", "cifar_helpers", "predict", "--help", CIFAR_SMOKE="bogus"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: python -m cifar_helpers predict" in done.stdout
+
+
+def test_a_bad_cifar_smoke_gets_one_clear_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CIFAR_SMOKE", "bogus")
+    argv = ["train", "--model", "resnet9", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: CIFAR_SMOKE='bogus' is not understood: set it")
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_the_old_model_name_still_works_with_a_note(tmp_path, capsys):
+    argv = ["train", "--model", "seed_resnet", "--out", str(tmp_path / "run")]
+    with pytest.warns(DeprecationWarning, match="'original_resnet'"):
+        assert cli.main([*argv, "--data", str(tmp_path / "no-such-archive")]) == 1
+    error = capsys.readouterr().err
+    assert "note: the model name 'seed_resnet' is now 'original_resnet'" in error
+    assert "no-such-archive: no such file or folder" in error
 
 
 def test_a_modern_model_trains_with_the_modern_recipe(tmp_path):
     out = tmp_path / "resnet9"
     argv = ["train", "--model", "resnet9", "--out", str(out), *SMOKE]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--strategy", "default"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["precision"] == "float32" and results["replicas"] == 1
+    # The precision this machine calls for, whatever its devices; one replica, as
+    # the strategy was given.
+    assert results["precision"] == devices.choose_precision()
+    assert results["replicas"] == 1
     history = json.loads((out / "history.json").read_text())
     # One cycle over the two epochs: the last epoch ends at a learning rate of 0;
     # keep_prob falls from 1 to the recipe's 0.9 on the last epoch.
     assert history["learning_rate"][-1] == pytest.approx(0.0, abs=1e-6)
     assert history["keep_prob"] == pytest.approx([1.0, 0.9])
     settings = json.loads((out / "run.json").read_text())
-    assert settings["strategy"] == "auto"
+    assert settings == {
+        "model": "resnet9",
+        "data": "synthetic",
+        "smoke": True,
+        "epochs": 2,
+        "strategy": "default",
+        "seed": None,
+    }
 
 
 def test_a_strategy_this_machine_lacks_is_refused(tmp_path, capsys):
     argv = ["train", "--model", "resnet9", "--out", str(tmp_path), "--strategy", "tpu"]
-    assert cli.main([*argv, *SMOKE]) == 2
+    assert cli.main([*argv, *SMOKE]) == 1
     assert "no TPU found" in capsys.readouterr().err
 
 
@@ -202,12 +260,12 @@ def test_export_of_a_trained_run_predicts_identically_in_a_fresh_process(
 
 def test_export_refuses_a_folder_that_exists(finished_run, tmp_path, capsys):
     out, _ = finished_run
-    assert cli.main(["export", str(out), "--out", str(tmp_path)]) == 2
+    assert cli.main(["export", str(out), "--out", str(tmp_path)]) == 1
     assert "exists already" in capsys.readouterr().err
 
 
 def test_predict_without_a_model_says_what_to_give(tmp_path, capsys):
-    assert cli.main(["predict", "photo.jpg", "--model", str(tmp_path)]) == 2
+    assert cli.main(["predict", "photo.jpg", "--model", str(tmp_path)]) == 1
     assert "no model here" in capsys.readouterr().err
 
 
@@ -220,7 +278,7 @@ def test_an_unwritable_run_folder_gets_a_clear_error(tmp_path, monkeypatch, caps
     monkeypatch.setattr(atomic, "write_text", refuse)
     out = tmp_path / "run"
     assert (
-        cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 2
+        cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 1
     )
     error = capsys.readouterr().err
     assert f"cannot write {out / 'run.json'}: Permission denied" in error
@@ -232,7 +290,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_keeps_the_last_backup(
 ):
     import keras
 
-    from cifar_helpers import training
+    from cifar_helpers import resume
 
     saves = keras.Model.save_weights
 
@@ -244,9 +302,9 @@ def test_a_full_disk_mid_run_stops_cleanly_and_keeps_the_last_backup(
     monkeypatch.setattr(keras.Model, "save_weights", fill_up)
     out = tmp_path / "run"
     assert (
-        cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 2
+        cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 1
     )
     assert "No space left on device" in capsys.readouterr().err
-    assert training.committed_backup(out)["epoch"] == 1  # the first epoch, whole
+    assert resume.committed_backup(out)["epoch"] == 1  # the first epoch, whole
     assert list(out.rglob("*.partial.*")) == []
     assert not (out / "results.json").exists()

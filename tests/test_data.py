@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar_helpers import data
+from cifar_helpers import data, synthetic
 
 
 def _members(archive):
@@ -93,7 +93,7 @@ def test_parsed_images_are_the_channel_planar_rows_of_the_archive(
 
 
 def test_synthetic_archive_round_trips_exactly(tmp_path, cifar):
-    fine, coarse, fine_to_coarse = data.synthetic_class_names()
+    fine, coarse, fine_to_coarse = synthetic.synthetic_class_names()
     assert cifar.fine_names == fine and cifar.coarse_names == coarse
     np.testing.assert_array_equal(cifar.fine_to_coarse, fine_to_coarse)
     np.testing.assert_array_equal(np.bincount(cifar.y_train), np.full(100, 12))
@@ -101,7 +101,7 @@ def test_synthetic_archive_round_trips_exactly(tmp_path, cifar):
     assert cifar.synthetic and "SYNTHETIC" in cifar.summary()
     # The same seed writes the same archive contents.
     again = data.read_archive(
-        data.write_synthetic_archive(
+        synthetic.write_synthetic_archive(
             tmp_path / "again.tar.gz", train_per_class=12, test_per_class=4, seed=3
         )
     )
@@ -127,9 +127,7 @@ def test_load_cifar100_synthetic_writes_the_archive_once_into_the_cache(tmp_path
     stamp = cached.stat().st_mtime_ns
     second = data.load_cifar100("synthetic", cache_dir=tmp_path)
     assert cached.stat().st_mtime_ns == stamp
-    assert (
-        first.synthetic and len(first.y_train) == 100 * data.SYNTHETIC_TRAIN_PER_CLASS
-    )
+    assert first.synthetic and len(first.y_train) == 100 * synthetic.TRAIN_PER_CLASS
     np.testing.assert_array_equal(first.x_test, second.x_test)
     # The default validation split is the original series' 20 images per class.
     split = data.with_validation_split(first)

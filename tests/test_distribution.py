@@ -56,9 +56,9 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     assert int(one["batch_size"]) == int(two["batch_size"]) == 32
     # The sums run in another order (two half-batch gradients, then an all-reduce),
     # so results agree to rounding, which eight SGD steps amplify: measured, the
-    # losses agree to 2e-6 and the weights (up to about 2 in size) to 6e-4. A real
-    # difference in the step is far larger: with per-replica batch norm instead,
-    # the very first step's loss moved by 1.4e-3 in a trial.
+    # losses agree to 2e-7 and the weights (up to about 2 in size) to 1.3e-4. A
+    # real difference in the step is far larger: with per-replica batch norm
+    # instead, the first epoch's loss moved by 5.8e-4 and the weights by 4.5e-2.
     np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-5)
     for a, b in zip(_weights(one), _weights(two), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)

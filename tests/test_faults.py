@@ -70,9 +70,9 @@ def _partials(folder):
 def chains(tmp_path_factory):
     """For each chain: its run folder and, for each stage, the fault, the output,
     the exit code and the partial files present when the process had ended."""
-    from cifar_helpers import data
+    from cifar_helpers import synthetic
 
-    data.synthetic_archive_path()  # written once, before the processes race for it
+    synthetic.synthetic_archive_path()  # written once, before the processes race for it
     root = tmp_path_factory.mktemp("faults")
     every = {**CHAINS, **TWINS}
     outs = {name: root / name for name in every}

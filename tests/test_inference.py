@@ -182,9 +182,9 @@ def tiny_model():
 
 
 def test_a_float32_copy_computes_what_the_model_does_without_training_state():
-    from cifar_helpers import models, training
+    from cifar_helpers import models, recipes
 
-    model = training.compile_model(models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8))
+    model = recipes.compile_model(models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8))
     images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), np.uint8)
     copy = inference.float32_copy(model)
     assert model.compiled and not copy.compiled

@@ -1,10 +1,12 @@
 """The original series' blocks and models: shapes, wiring, settings, sizes."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
-from cifar_helpers import blocks, models
+from cifar_helpers import blocks, models, recipes
 from cifar_helpers.augment import Augment
 from cifar_helpers.dropblock import DropBlock, dropblock_layers
 
@@ -62,7 +64,7 @@ def test_dense_block_has_no_bias_and_optional_relu_and_dropout():
     assert "d_relu" not in names and "d_dropout" not in names
 
 
-def test_the_full_size_seed_resnet_has_the_original_parameter_count():
+def test_the_full_size_original_resnet_has_the_original_parameter_count():
     conv = sum(
         9 * c_in * c_out + 9 * c_out * c_out * 3
         for c_in, c_out in zip((3, 128, 256, 512), (128, 256, 512, 1024), strict=True)
@@ -72,14 +74,14 @@ def test_the_full_size_seed_resnet_has_the_original_parameter_count():
         for c_in, c_out in zip((3, 128, 256, 512), (128, 256, 512, 1024), strict=True)
     )
     dense = 2 * 4096 * 4096 + 2 * 2 * 4096 + 4096 * 100 + 2 * 100
-    model = models.seed_resnet()
+    model = models.original_resnet()
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == conv + conv_norms + dense == 77_791_822
     assert len(dropblock_layers(model)) == 4
 
 
-def test_a_narrow_seed_resnet_maps_uint8_images_to_probabilities():
-    model = models.seed_resnet(widths=(4, 4, 8, 8), hidden=16)
+def test_a_narrow_original_resnet_maps_uint8_images_to_probabilities():
+    model = models.original_resnet(widths=(4, 4, 8, 8), hidden=16)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     probabilities = keras.ops.convert_to_numpy(model(images))
     assert probabilities.shape == (3, 100) and probabilities.dtype == np.float32
@@ -87,7 +89,7 @@ def test_a_narrow_seed_resnet_maps_uint8_images_to_probabilities():
 
 
 def test_the_input_is_scaled_to_minus_one_one_as_the_original():
-    model = models.seed_resnet(widths=(4, 4, 4, 4), hidden=8)
+    model = models.original_resnet(widths=(4, 4, 4, 4), hidden=8)
     scale = keras.Model(model.input, model.get_layer("to_minus1_1").output)
     images = np.zeros((1, 32, 32, 3), np.uint8)
     images[0, 0, 0, 0] = 255
@@ -95,8 +97,8 @@ def test_the_input_is_scaled_to_minus_one_one_as_the_original():
     assert (out.min(), out.max()) == (-1.0, 1.0)
 
 
-def test_a_narrow_seed_resnet_trains_and_survives_a_keras_round_trip(tmp_path):
-    model = models.seed_resnet(widths=(4, 4, 8, 8), hidden=16)
+def test_a_narrow_original_resnet_trains_and_survives_a_keras_round_trip(tmp_path):
+    model = models.original_resnet(widths=(4, 4, 8, 8), hidden=16)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
@@ -121,7 +123,7 @@ def test_a_narrow_seed_resnet_trains_and_survives_a_keras_round_trip(tmp_path):
 )
 def test_invalid_model_sizes_are_rejected_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        models.seed_resnet(**kwargs)
+        models.original_resnet(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -180,10 +182,51 @@ def test_macs_count_convolutions_and_dense_layers_by_hand():
     assert models.macs_per_image(model) == 8 * 8 * 9 * 3 * 4 + 8 * 8 * 4 * 10
 
 
-def test_the_seed_resnet_costs_about_2_1_giga_macs_per_image():
+def test_the_original_resnet_costs_about_2_1_giga_macs_per_image():
     widths = models.ORIGINAL_WIDTHS
     stages = zip((32, 16, 8, 4), (3, *widths[:-1]), widths, strict=True)
     convs = sum(s * s * 9 * (c_in * c + 3 * c * c) for s, c_in, c in stages)
     dense = 2 * 4096 * 4096 + 4096 * 100
-    macs = models.macs_per_image(models.seed_resnet())
+    macs = models.macs_per_image(models.original_resnet())
     assert macs == convs + dense and round(macs / 1e9, 1) == 2.1
+
+
+def test_the_old_name_seed_resnet_builds_the_same_model_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="models.original_resnet"):
+        old = models.seed_resnet
+    assert old is models.original_resnet
+    with pytest.warns(DeprecationWarning, match="'original_resnet'"):
+        assert models.spec("seed_resnet") is models.CATALOGUE["original_resnet"]
+
+
+def test_the_catalogue_names_each_models_builder_recipe_precision_and_smoke_sizes():
+    assert list(models.CATALOGUE) == [
+        "baseline_cnn",
+        "original_resnet",
+        "resnet9",
+        "preact_resnet18",
+    ]
+    for name, spec in models.CATALOGUE.items():
+        assert spec.name == name and spec.build is getattr(models, name)
+        assert spec.precision in ("float32", "auto")
+        assert (
+            Path(__file__).parents[1] / "notebooks" / f"{spec.notebook}.ipynb"
+        ).is_file()
+    original, modern = (models.spec(n) for n in ("original_resnet", "resnet9"))
+    assert original.recipe is recipes.ORIGINAL and original.precision == "float32"
+    assert modern.recipe is recipes.MODERN and modern.precision == "auto"
+
+
+@pytest.mark.parametrize("name", list(models.CATALOGUE))
+def test_a_smoke_model_is_the_full_models_layers_narrower(name):
+    spec = models.spec(name)
+    full, narrow = spec.model(), spec.model(smoke=True)
+    assert [type(layer) for layer in narrow.layers] == [
+        type(layer) for layer in full.layers
+    ]
+    assert narrow.count_params() < full.count_params() / 20
+
+
+def test_an_unknown_model_name_lists_the_catalogue():
+    with pytest.raises(ValueError, match="use one of baseline_cnn, original_resnet"):
+        models.spec("vgg")

@@ -56,3 +56,38 @@ def test_config_passes_the_data_source_through():
     cfg = config.from_env({"CIFAR_DATA": "synthetic", "CIFAR_SMOKE": "1"})
     assert cfg.data_source == "synthetic"
     assert "SYNTHETIC" in cfg.describe() and "SMOKE" in cfg.describe()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("training.Recipe", "recipes.OriginalRecipe"),
+        ("training.ORIGINAL", "recipes.ORIGINAL"),
+        ("training.compile_model", "recipes.compile_model"),
+        ("training.AtomicBackupAndRestore", "resume.AtomicBackupAndRestore"),
+        ("training.committed_backup", "resume.committed_backup"),
+        ("training.choose_strategy", "devices.choose_strategy"),
+        ("training.use_precision", "devices.use_precision"),
+        ("training.split_datasets", "pipeline.split_datasets"),
+        ("data.make_dataset", "pipeline.make_dataset"),
+        ("data.write_synthetic_archive", "synthetic.write_synthetic_archive"),
+        ("data.SYNTHETIC_TRAIN_PER_CLASS", "synthetic.TRAIN_PER_CLASS"),
+        ("models.seed_resnet", "models.original_resnet"),
+    ],
+)
+def test_an_old_name_still_works_with_a_warning_naming_its_new_home(old, new):
+    import importlib
+
+    def resolve(dotted):
+        module, name = dotted.split(".")
+        return getattr(importlib.import_module(f"cifar_helpers.{module}"), name)
+
+    with pytest.warns(DeprecationWarning, match=f"is now cifar_helpers.{new};"):
+        assert resolve(old) is resolve(new)
+
+
+def test_an_unknown_name_is_still_an_attribute_error():
+    from cifar_helpers import training
+
+    with pytest.raises(AttributeError, match="has no attribute 'fitt'"):
+        training.fitt  # noqa: B018
