@@ -1,6 +1,6 @@
 """Old names that moved to another module keep working, with a warning, for one
-minor version: ``__getattr__ = moved(__name__, {"old": ("module", "new")})`` at
-the end of the module they left."""
+minor version: ``__getattr__ = moved(__name__, {"module": ["name", ...]})`` at the
+end of the module they left."""
 
 import importlib
 import warnings
@@ -8,10 +8,13 @@ import warnings
 REMOVED_IN = "0.3"
 
 
-def moved(module: str, names: dict[str, tuple[str, str]]):
-    """A module-level ``__getattr__`` that serves each old name of ``names`` from
-    its new home, ``cifar_helpers.<module>.<new name>``, with a
-    ``DeprecationWarning`` that names the new home."""
+def moved(module: str, homes: dict[str, list[str]], renamed=None):
+    """A module-level ``__getattr__`` that serves each old name from its new home:
+    ``homes`` maps a module of cifar_helpers to the names that moved there
+    unchanged, ``renamed`` maps an old name to ``(module, new name)``. Each use
+    warns (``DeprecationWarning``) with the new home."""
+    names = {name: (home, name) for home, listed in homes.items() for name in listed}
+    names.update(renamed or {})
 
     def __getattr__(name):
         if name not in names:

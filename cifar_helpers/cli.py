@@ -233,4 +233,3 @@ def main(argv=None, prog: str = "cifar-helpers") -> int:
 def _error(message, *, status: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return status
-

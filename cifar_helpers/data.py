@@ -444,18 +444,16 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 __getattr__ = moved(
     __name__,
     {
-        "make_dataset": ("pipeline", "make_dataset"),
-        "images_per_second": ("pipeline", "images_per_second"),
+        "pipeline": ["make_dataset", "images_per_second"],
+        "synthetic": [
+            "write_synthetic_archive",
+            "synthetic_archive_path",
+            "synthetic_class_names",
+            "draw_synthetic_images",
+        ],
+    },
+    renamed={
         "SYNTHETIC_TRAIN_PER_CLASS": ("synthetic", "TRAIN_PER_CLASS"),
         "SYNTHETIC_TEST_PER_CLASS": ("synthetic", "TEST_PER_CLASS"),
-        **{
-            name: ("synthetic", name)
-            for name in (
-                "write_synthetic_archive",
-                "synthetic_archive_path",
-                "synthetic_class_names",
-                "draw_synthetic_images",
-            )
-        },
     },
 )

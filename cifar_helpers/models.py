@@ -416,4 +416,6 @@ def spec(name: str) -> ModelSpec:
 
 
 # Names that lived here before cifar_helpers 0.2.
-__getattr__ = moved(__name__, {"seed_resnet": ("models", "original_resnet")})
+__getattr__ = moved(
+    __name__, {}, renamed={"seed_resnet": ("models", "original_resnet")}
+)

@@ -273,44 +273,34 @@ def training_speed(
 __getattr__ = moved(
     __name__,
     {
-        "Recipe": ("recipes", "OriginalRecipe"),
-        **{
-            name: ("recipes", name)
-            for name in (
-                "ORIGINAL",
-                "MODERN",
-                "ModernRecipe",
-                "OneCycle",
-                "SmoothedSparseCrossentropy",
-                "LearningRateLogger",
-                "compile_model",
-            )
-        },
-        **{
-            name: ("resume", name)
-            for name in (
-                "AtomicCheckpoint",
-                "AtomicBackupAndRestore",
-                "ResumableEarlyStopping",
-                "random_states",
-                "committed_backup",
-            )
-        },
-        **{
-            name: ("devices", name)
-            for name in (
-                "precision_for",
-                "choose_precision",
-                "use_precision",
-                "STRATEGIES",
-                "StrategyError",
-                "strategy_kind",
-                "choose_strategy",
-                "for_strategy",
-                "is_chief",
-            )
-        },
-        "split_datasets": ("pipeline", "split_datasets"),
-        "eval_batch_size": ("pipeline", "eval_batch_size"),
+        "recipes": [
+            "ORIGINAL",
+            "MODERN",
+            "ModernRecipe",
+            "OneCycle",
+            "SmoothedSparseCrossentropy",
+            "LearningRateLogger",
+            "compile_model",
+        ],
+        "resume": [
+            "AtomicCheckpoint",
+            "AtomicBackupAndRestore",
+            "ResumableEarlyStopping",
+            "random_states",
+            "committed_backup",
+        ],
+        "devices": [
+            "precision_for",
+            "choose_precision",
+            "use_precision",
+            "STRATEGIES",
+            "StrategyError",
+            "strategy_kind",
+            "choose_strategy",
+            "for_strategy",
+            "is_chief",
+        ],
+        "pipeline": ["split_datasets", "eval_batch_size"],
     },
+    renamed={"Recipe": ("recipes", "OriginalRecipe")},
 )
