@@ -43,8 +43,9 @@ format: install
 unit: install
 	$(BIN)/pytest -n $(WORKERS) --dist loadfile tests
 
+# CPU only, as the unit tests (tests/conftest.py): the same result on any machine.
 notebooks: install
-	CIFAR_SMOKE=1 CIFAR_DATA=synthetic $(BIN)/pytest --nbval-lax \
+	CUDA_VISIBLE_DEVICES= CIFAR_SMOKE=1 CIFAR_DATA=synthetic $(BIN)/pytest --nbval-lax \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) notebooks/
 
 test: lint unit notebooks

@@ -1,5 +1,5 @@
-"""``cifar-helpers train|evaluate|predict|export`` (or ``python -m cifar_helpers``):
-the notebooks, headless.
+"""The ``cifar-helpers`` command (also ``python -m cifar_helpers``): the notebooks,
+headless, as ``train``, ``evaluate``, ``predict`` and ``export``.
 
 ``train`` trains a model of the catalogue and writes a run folder; running the
 same command again resumes an interrupted run (or reports a finished one).

@@ -4,7 +4,8 @@ processes, because a process's devices and cluster are fixed once TensorFlow sta
 
 Usage: python tests/distributed_run.py STRATEGY OUT.npz
 STRATEGY: ``default`` (one device), ``mirrored`` (two logical CPU devices), or
-``multiworker`` (the cluster that ``TF_CONFIG`` describes). GPUs are hidden.
+``multiworker`` (the cluster that ``TF_CONFIG`` describes). The tests run it with
+GPUs hidden (``tests/conftest.py``), so that it compares CPU devices anywhere.
 """
 
 import dataclasses
@@ -14,9 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 kind, out = sys.argv[1], sys.argv[2]
-# The runs compare CPU devices, so that they compute alike on any machine: a GPU
-# would join a MirroredStrategy as one more replica.
-tf.config.set_visible_devices([], "GPU")
 if kind == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(

@@ -82,3 +82,25 @@ def test_colab_setup_installs_the_helpers_before_importing_them(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_kernelspec_is_python3(path):
     assert _read(path).metadata["kernelspec"]["name"] == "python3"
+
+
+def _parameters(path):
+    cell = next(
+        c
+        for c in _read(path).cells
+        if "parameters" in c.get("metadata", {}).get("tags", [])
+    )
+    return _source(cell)
+
+
+def test_a_notebooks_smoke_model_is_the_catalogues_narrow_copy():
+    # A notebook that builds a model of the catalogue takes its smoke sizes from
+    # models.CATALOGUE, so a smoke run builds what `train --smoke` builds.
+    sized = {
+        path.name: _parameters(path)
+        for path in NOTEBOOKS
+        if re.search(r"^\w*(FILTERS|WIDTHS) = ", _parameters(path), re.M)
+    }
+    assert len(sized) == 4, sorted(sized)  # notebooks 02, 04, 05 and 06
+    for name, source in sized.items():
+        assert re.search(r'models\.spec\("\w+"\)', source), name
