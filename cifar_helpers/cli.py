@@ -11,9 +11,11 @@ and ``export`` in notebook 06).
 
 Exit status: 0 on success; 2 for a usage error (arguments argparse refuses, a bad
 ``CIFAR_SMOKE``, a run folder that holds another run or no finished one); 1 for a
-failure while working (data that cannot be read, training that diverged, a disk
-that is full or not writable, a model that cannot be loaded, an image of
-``predict`` that cannot be read). Every error is one line on standard error.
+failure while working (data that cannot be read, a strategy this machine or Keras
+cannot provide, training that diverged, a disk that is full or a folder that cannot
+be written, a model that cannot be loaded, an export folder that exists already,
+an image of ``predict`` that cannot be read). Each of these errors is one line on
+standard error.
 """
 
 import argparse
@@ -44,7 +46,7 @@ def _whole_number(minimum: int):
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    """The command line; builds without reading the environment or TensorFlow."""
+    """The command line; building it reads no environment variable."""
     from cifar_helpers.devices import STRATEGIES
     from cifar_helpers.models import ALIASES, CATALOGUE
 
@@ -124,17 +126,16 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def _train(args, command: str) -> int:
     from cifar_helpers import config, runs
-    from cifar_helpers.models import ALIASES
+    from cifar_helpers.models import ALIASES, renamed_note
 
-    run = config.from_env()
-    if args.model in ALIASES:
-        print(
-            f"note: the model name {args.model!r} is now {ALIASES[args.model]!r}; "
-            "the old name goes in cifar_helpers 0.3.",
-            file=sys.stderr,
-        )
+    model = args.model
+    if model in ALIASES:
+        print(f"note: {renamed_note(model)}", file=sys.stderr)
+        model = ALIASES[model]
+    # The environment gives what the command line leaves out.
+    run = config.from_env() if None in (args.data, args.smoke) else None
     settings = runs.RunSettings(
-        model=args.model,
+        model=model,
         data=run.data_source if args.data is None else args.data,
         smoke=run.smoke if args.smoke is None else args.smoke,
         epochs=args.epochs,
@@ -198,7 +199,8 @@ def _export(args) -> int:
 
 
 def main(argv=None, prog: str = "cifar-helpers") -> int:
-    """Run one command; returns the exit status (see the module's docstring)."""
+    """Run one command and return its exit status (see the module's docstring);
+    argparse's usage errors and ``--help`` exit through ``SystemExit`` (2 and 0)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(prog).parse_args(argv)
     from cifar_helpers.config import ConfigError

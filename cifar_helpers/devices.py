@@ -46,7 +46,7 @@ def precision_for(device_type: str, compute_capability=None) -> str:
 
 def choose_precision() -> str:
     """The policy for this machine's accelerators (see :func:`precision_for`); with
-    several GPUs, the one that suits them all (the first GPU decides)."""
+    several GPUs, the first one's (a machine's GPUs are usually of one kind)."""
     import tensorflow as tf
 
     if tf.config.list_logical_devices("TPU"):
@@ -61,8 +61,8 @@ def choose_precision() -> str:
 def use_precision(policy: str = "auto") -> str:
     """Set Keras' global dtype policy (``"auto"``: :func:`choose_precision`) and
     return it. Call it before building the model: layers take the policy that is
-    current when they are created. The models keep their logits and softmax in
-    float32 under any policy."""
+    current when they are created. Every model keeps its softmax in float32 under
+    any policy, and the modern ones their logits too."""
     policy = choose_precision() if policy == "auto" else policy
     keras.mixed_precision.set_global_policy(policy)
     return policy
@@ -201,7 +201,8 @@ def check_fit_supported(strategy):
 
 def is_chief(strategy) -> bool:
     """Whether this process writes a run's files: always, except on the non-chief
-    workers of a multi-worker cluster (worker 0 is the chief)."""
+    workers of a multi-worker cluster (the ``chief`` task, or worker 0 when the
+    cluster has none)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or resolver.task_type in (None, "chief"):
         return True

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from cifar_helpers._moved import moved
+from cifar_helpers._moved import REMOVED_IN, moved
 from cifar_helpers.augment import Augment
 from cifar_helpers.blocks import (
     MODERN_MOMENTUM,
@@ -394,19 +394,22 @@ CATALOGUE = {
     )
 }
 
-# Old names of catalogue entries, still accepted with a warning until 0.3.
+# Old names of catalogue entries, still accepted with a warning until REMOVED_IN.
 ALIASES = {"seed_resnet": "original_resnet"}
+
+
+def renamed_note(name: str) -> str:
+    """What to tell a user who gave the old name ``name`` of a model."""
+    return (
+        f"the model name {name!r} is now {ALIASES[name]!r}; the old name goes in "
+        f"cifar_helpers {REMOVED_IN}."
+    )
 
 
 def spec(name: str) -> ModelSpec:
     """The catalogue's entry for ``name`` (an old alias works, with a warning)."""
     if name in ALIASES:
-        warnings.warn(
-            f"the model name {name!r} is now {ALIASES[name]!r}; the old name goes in "
-            "cifar_helpers 0.3.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        warnings.warn(renamed_note(name), DeprecationWarning, stacklevel=2)
         name = ALIASES[name]
     if name not in CATALOGUE:
         raise ValueError(

@@ -6,7 +6,7 @@ epoch, batches, optionally augments whole batches, and prefetches;
 :func:`split_datasets` makes the two datasets that
 :func:`cifar_helpers.training.fit` takes from a split with a validation part, with
 validation batches of :func:`eval_batch_size`. Introduced in notebook 01
-(:func:`split_datasets` in notebook 05).
+(:func:`eval_batch_size` in notebook 05, :func:`split_datasets` in notebook 06).
 """
 
 import time

@@ -1,8 +1,11 @@
 """Exact resume: a run killed at any moment carries on from its last finished epoch,
 and a seeded run ends bit for bit as one that was never interrupted.
 
-Every piece of :func:`cifar_helpers.training.fit` that leans on Keras' internals
-lives here, and only here:
+Every piece of the resume machinery of :func:`cifar_helpers.training.fit` lives
+here, and it is the part of the package that leans hardest on Keras' internals
+(the others: ``dropblock.dropblock_layers`` and ``models.macs_per_image`` walk
+``Model._flatten_layers``; ``devices.check_fit_supported`` asks a strategy whether
+it spans several workers):
 
 - :class:`AtomicCheckpoint`: ``ModelCheckpoint`` writing under a partial name;
 - :class:`AtomicBackupAndRestore`: ``BackupAndRestore`` committing an epoch in one
@@ -37,7 +40,10 @@ from cifar_helpers import atomic
 def committed_backup(run_dir) -> dict | None:
     """The backup an interrupted run in ``run_dir`` resumes from: ``{"epoch": epochs
     finished, "weights": file name, ...}``, or None when there is none."""
-    path = Path(run_dir) / "backup" / "training_metadata.json"
+    return _record(Path(run_dir) / "backup" / "training_metadata.json")
+
+
+def _record(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -128,7 +134,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 older.unlink()
 
     def _load_model(self):
-        record = committed_backup(Path(self.backup_dir).parent)
+        record = _record(Path(self._training_metadata_path))
         if record is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:

@@ -76,11 +76,18 @@ class RunSettings:
 def _claim(run_dir: Path, settings: RunSettings):
     """Record ``settings`` in a new run folder, or check that an existing run was
     started with the same ones."""
+    from cifar_helpers.models import ALIASES
+
+    def known_as(recorded_settings: dict) -> dict:
+        # A run started under a model's old name resumes under its new one.
+        name = recorded_settings["model"]
+        return {**recorded_settings, "model": ALIASES.get(name, name)}
+
     recorded = run_dir / "run.json"
     asked = dataclasses.asdict(settings)
     if recorded.is_file():
         previous = json.loads(recorded.read_text())
-        if previous != asked:
+        if known_as(previous) != known_as(asked):
             raise RunError(
                 f"{run_dir} holds a run with other settings ({previous}); this "
                 f"command asks for {asked}. Use another --out folder, or repeat "
@@ -98,7 +105,9 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
 
     A folder that holds a finished run returns its results without training; one
     whose run was interrupted resumes from its last finished epoch; one that holds
-    a run with other settings raises :class:`RunError`.
+    a run with other settings raises :class:`RunError`. On a worker of a
+    multi-worker cluster that is not the chief, it returns ``{"worker": True}``
+    (only the chief writes the run folder).
     """
     from cifar_helpers import devices, models, pipeline, recipes, training
 
@@ -137,11 +146,12 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
         print(f"{run_dir}: training finished before; writing the results.")
     else:
         training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=verbose)
+    wall = time.perf_counter() - start
     if not chief:
         return {"worker": True}
     results = {
         **_save_outcome(run_dir, settings, split, recipe.batch_size),
-        "wall_seconds_this_session": time.perf_counter() - start,
+        "wall_seconds_this_session": wall,
         "data": split.source,
         "synthetic": split.synthetic,
         "smoke": settings.smoke,
@@ -203,6 +213,8 @@ def evaluate(run_dir) -> dict:
     """Test accuracy (top-1, top-5) and loss of a finished run's saved model, on
     the test set of the data it was trained on."""
     import keras
+
+    import cifar_helpers.models  # noqa: F401  registers the custom layers and losses
 
     run_dir = Path(run_dir)
     model_path, recorded = run_dir / "model.keras", run_dir / "run.json"

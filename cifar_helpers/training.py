@@ -46,7 +46,9 @@ def fit(
     ``train_ds``/``val_ds`` yield ``(uint8 images, labels)`` batches (see
     :func:`cifar_helpers.pipeline.split_datasets`). For a shorter run, change the recipe
     (``dataclasses.replace(recipe, epochs=3)``) before compiling, so that its
-    schedules span the run. ``extra_callbacks`` run after the recipe's. Calling it
+    schedules span the run. ``extra_callbacks`` run after the recipe's, the backup
+    included: what they add to an epoch's logs reaches neither the CSV log nor the
+    checkpoints. Calling it
     again with the same ``run_dir`` after an interruption resumes where the run
     stopped; in a new process, a run made reproducible (:func:`make_reproducible`)
     resumes bit for bit, as the training dataset is fast-forwarded to the epoch it

@@ -138,11 +138,23 @@ def test_a_bad_cifar_smoke_gets_one_clear_error_line(tmp_path, monkeypatch, caps
 
 def test_the_old_model_name_still_works_with_a_note(tmp_path, capsys):
     argv = ["train", "--model", "seed_resnet", "--out", str(tmp_path / "run")]
-    with pytest.warns(DeprecationWarning, match="'original_resnet'"):
-        assert cli.main([*argv, "--data", str(tmp_path / "no-such-archive")]) == 1
+    assert cli.main([*argv, "--data", str(tmp_path / "no-such-archive")]) == 1
     error = capsys.readouterr().err
     assert "note: the model name 'seed_resnet' is now 'original_resnet'" in error
     assert "no-such-archive: no such file or folder" in error
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["model"] == "original_resnet"
+
+
+def test_a_run_started_under_the_old_name_is_the_same_run(tmp_path, capsys):
+    settings = {"model": "seed_resnet", "data": "synthetic", "smoke": True}
+    settings |= {"epochs": 2, "strategy": "auto", "seed": None}
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    scores = {"test_accuracy": 0.5, "test_top5": 0.75, "test_loss": 2.0}
+    (tmp_path / "results.json").write_text(json.dumps(scores))
+    argv = ["train", "--model", "original_resnet", "--out", str(tmp_path), *SMOKE]
+    assert cli.main(argv) == 0
+    assert "already holds a finished run" in capsys.readouterr().out
 
 
 def test_a_modern_model_trains_with_the_modern_recipe(tmp_path):
@@ -308,3 +320,15 @@ def test_a_full_disk_mid_run_stops_cleanly_and_keeps_the_last_backup(
     assert resume.committed_backup(out)["epoch"] == 1  # the first epoch, whole
     assert list(out.rglob("*.partial.*")) == []
     assert not (out / "results.json").exists()
+
+
+def test_runs_evaluate_scores_a_run_in_a_fresh_process(finished_run):
+    # The library function alone, without the command line's imports.
+    out, _ = finished_run
+    code = (
+        "import sys; from cifar_helpers import runs; print(runs.evaluate(sys.argv[1]))"
+    )
+    done = _run(sys.executable, "-c", code, str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert f"'test_accuracy': {results['test_accuracy']}" in done.stdout

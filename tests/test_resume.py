@@ -51,7 +51,7 @@ def test_a_backup_whose_random_states_do_not_fit_resumes_with_a_warning(tmp_path
 
 
 def test_a_resume_replays_the_shuffles_fit_had_drawn():
-    # _fast_forward relies on how often Keras' fit starts iterating a dataset; if a
+    # fast_forward relies on how often Keras' fit starts iterating a dataset; if a
     # Keras release changes it, this says so before the bitwise fault tests fail.
     images = np.zeros((40, 32, 32, 3), "uint8")
     labels = np.arange(40)
