@@ -113,20 +113,13 @@ def write_class_names(folder, names):
 
 
 def class_names(folder: Path, classes: int) -> list[str]:
-    """The ``classes`` names of the model saved in ``folder``: its ``classes.json``;
-    for a run folder of ``train`` without one, the names of the data it was trained
-    on; else ``class 0``, ``class 1``... Raises :class:`ModelError` when the saved
-    names do not match the model."""
+    """The ``classes`` names of the model saved in ``folder``: its ``classes.json``
+    (``train``, ``export`` and notebook 06 write one), else ``class 0``,
+    ``class 1``... Raises :class:`ModelError` when the saved names do not match
+    the model."""
     saved = folder / CLASSES_FILE
     if saved.is_file():
         names = json.loads(saved.read_text())
-    elif (folder / "run.json").is_file():
-        from cifar_helpers import data
-
-        names = data.load_cifar100(
-            json.loads((folder / "run.json").read_text())["data"]
-        )
-        names = list(names.fine_names)
     else:
         warnings.warn(
             f"{folder}: no classes.json beside the model, so its classes are "
