@@ -10,17 +10,21 @@ TF Lite. This module only parses and prints: :mod:`cifar_helpers.runs` and
 and ``export`` in notebook 06).
 
 Exit status: 0 on success; 2 for a usage error (arguments argparse refuses, a bad
-``CIFAR_SMOKE``, a run folder that holds another run or no finished one); 1 for a
-failure while working (data that cannot be read, a strategy this machine or Keras
-cannot provide, training that diverged, a disk that is full or a folder that cannot
-be written, a model that cannot be loaded, an export folder that exists already,
-an image of ``predict`` that cannot be read). Each of these errors is one line on
-standard error.
+``CIFAR_SMOKE``, an ``--out`` that is a file, a run folder that holds another run
+or no finished one); 1 for a failure while working (data that cannot be read, a
+strategy this machine or Keras cannot provide, training that diverged, a run folder
+whose files are damaged or disagree, a run folder another process is training
+into, a disk that is full or a path that cannot be written, a model or class-name
+file that cannot be loaded, an export folder that exists already, an image of
+``predict`` that cannot be read); 130 when interrupted by Ctrl-C or SIGTERM (a
+``train`` run keeps its last committed epoch, and the same command resumes it).
+Each of these errors is one line on standard error.
 """
 
 import argparse
 import errno
 import shlex
+import signal
 import sys
 
 # Errors that mean "this folder cannot take our files": no permission, a read-only
@@ -200,13 +204,26 @@ def _export(args) -> int:
 
 def main(argv=None, prog: str = "cifar-helpers") -> int:
     """Run one command and return its exit status (see the module's docstring);
-    argparse's usage errors and ``--help`` exit through ``SystemExit`` (2 and 0)."""
+    argparse's usage errors and ``--help`` exit through ``SystemExit`` (2 and 0).
+    While it runs, SIGTERM (what a stopping Colab session or a preempted cloud
+    machine sends) interrupts it as Ctrl-C does."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(prog).parse_args(argv)
+    previous = _on_sigterm_interrupt()
+    try:
+        return _run(args, argv, prog)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, argv, prog) -> int:
     from cifar_helpers.config import ConfigError
     from cifar_helpers.data import DatasetError
     from cifar_helpers.devices import StrategyError
-    from cifar_helpers.inference import ModelError
+    from cifar_helpers.inference import ImageError, ModelError
+    from cifar_helpers.lock import FolderInUseError
+    from cifar_helpers.resume import DamagedRunError
     from cifar_helpers.runs import RunError
     from cifar_helpers.training import TrainingDiverged
 
@@ -217,19 +234,59 @@ def main(argv=None, prog: str = "cifar-helpers") -> int:
         return commands[args.command](args)
     except (ConfigError, RunError) as error:
         return _error(error, status=2)
-    except (DatasetError, StrategyError, ModelError, TrainingDiverged) as error:
+    except (
+        DatasetError,
+        StrategyError,
+        ModelError,
+        ImageError,
+        DamagedRunError,
+        FolderInUseError,
+        TrainingDiverged,
+    ) as error:
         return _error(error, status=1)
-    except OSError as error:
-        if error.errno not in _UNWRITABLE:
-            raise
-        where = error.filename or "the output folder"
+    except KeyboardInterrupt:
+        resumes = " The same command resumes the run from its last committed epoch."
         return _error(
-            f"cannot write {where}: {error.strerror}. Free some disk space or "
-            "choose a folder you can write to; every file written before is whole "
-            "(written atomically), and the same command resumes a run from its last "
-            "finished epoch.",
-            status=1,
+            f"interrupted.{resumes if args.command == 'train' else ''}",
+            status=130,
         )
+    except OSError as error:
+        return _error(_os_error(error), status=1)
+
+
+def _os_error(error: OSError) -> str:
+    """One line for a file-system failure: the path, the system's reason, a fix."""
+    where = error.filename or "a file"
+    reason = error.strerror or str(error)
+    if error.errno in _UNWRITABLE:
+        fix = "Free some disk space or choose a folder you can write to"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = (
+            "A file stands where a folder is needed (or the reverse): use another path"
+        )
+    elif error.errno == errno.ENAMETOOLONG:
+        fix = "Choose a shorter path"
+    else:
+        fix = "Check the path"
+    return (
+        f"{where}: {reason}. {fix}. Every file written before is whole (written "
+        "atomically), and the same command resumes a run from its last committed "
+        "epoch."
+    )
+
+
+def _on_sigterm_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does (training stops, its
+    last committed epoch kept); returns the handler it replaced (None when this is
+    not the main thread, where Python cannot set handlers)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
 
 
 def _error(message, *, status: int) -> int:

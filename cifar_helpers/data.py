@@ -10,6 +10,7 @@ says what is wrong and how to fix it.
 """
 
 import dataclasses
+import errno
 import hashlib
 import io
 import os
@@ -29,6 +30,10 @@ FOLDER_NAME = "cifar-100-python"
 MEMBERS = ("train", "test", "meta")
 NUM_FINE, NUM_COARSE = 100, 20
 ROW_BYTES = 32 * 32 * 3
+# The largest member read, in bytes. The official ones are at most about 155 MB
+# (train: 50,000 rows of 3,072 bytes, and labels); a larger member, such as a
+# small gzip file that expands to gigabytes of zeros, is refused before reading.
+MAX_MEMBER_BYTES = 512 * 2**20
 
 
 class DatasetError(ValueError):
@@ -133,6 +138,24 @@ def cache_root(cache_dir=None) -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
 
 
+def datasets_folder(cache_dir=None) -> Path:
+    """``cache_root(cache_dir)/datasets``, created if needed; a cache that cannot
+    be written (``KERAS_HOME`` naming a file, say) raises :class:`DatasetError`."""
+    folder = cache_root(cache_dir) / "datasets"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+    except OSError as error:
+        where = "cache_dir" if cache_dir is not None else "KERAS_HOME (or ~/.keras)"
+        raise DatasetError(
+            f"{folder}: cannot be used as the data cache ({error.strerror}). Point "
+            f"{where} to a folder you can write to, e.g. "
+            "`export KERAS_HOME=$HOME/.keras`."
+        ) from None
+    return folder
+
+
 def file_md5(path: Path) -> str:
     """Hex MD5 of a file, read in chunks."""
     digest = hashlib.md5()
@@ -158,7 +181,7 @@ def download_cifar100(*, cache_dir=None) -> Path:
     """
     import keras
 
-    datasets = cache_root(cache_dir) / "datasets"
+    datasets = datasets_folder(cache_dir)
     target = datasets / ARCHIVE_NAME
     manual = (
         f"Or download {CIFAR100_URL} by hand (MD5 {CIFAR100_MD5}) and place it at "
@@ -169,7 +192,6 @@ def download_cifar100(*, cache_dir=None) -> Path:
             return target
         aside = _set_aside(target)
         print(f"{target} had the wrong MD5 (moved to {aside.name}); downloading again.")
-    datasets.mkdir(parents=True, exist_ok=True)
     try:
         # Keras falls back to /tmp/.keras when the cache is not writable: use its path.
         target = Path(
@@ -233,15 +255,28 @@ def _unpickle(raw: bytes, where: str) -> dict:
     return obj
 
 
+def _check_size(size: int, where: str):
+    if size > MAX_MEMBER_BYTES:
+        raise NotCifar100Error(
+            f"{where}: {size:,} bytes, more than any CIFAR-100 member (at most about "
+            f"155 MB; this reads up to {MAX_MEMBER_BYTES:,}), so it is not read. Use "
+            f"the official {ARCHIVE_NAME} from {CIFAR100_URL}."
+        )
+
+
 def read_archive(path: str | os.PathLike) -> Cifar100:
-    """Parse a ``cifar-100-python.tar.gz`` without extracting it to disk."""
+    """Parse a ``cifar-100-python.tar.gz`` without extracting it to disk; members
+    larger than :data:`MAX_MEMBER_BYTES` are refused before they are read."""
     path = Path(path)
     raw = {}
     try:
         with tarfile.open(path, "r:*") as tar:
-            by_name = {
-                m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()
-            }
+            by_name = {}
+            for info in tar:  # headers one by one: a huge member stops it early
+                if info.isfile():
+                    name = info.name.removeprefix("./")
+                    _check_size(info.size, f"{path} (member {name})")
+                    by_name[name] = info
             # tarfile stops quietly at a damaged header; reading on to the end makes
             # gzip check its CRC, so damage is reported as damage, not missing members.
             while tar.fileobj.read(1 << 20):
@@ -277,7 +312,14 @@ def read_folder(path: str | os.PathLike) -> Cifar100:
                 f"{folder}: has no file '{member}'. Point to the extracted "
                 f"'{FOLDER_NAME}' folder (it holds train, test and meta)."
             )
-        raw[member] = file.read_bytes()
+        try:
+            _check_size(file.stat().st_size, str(file))
+            raw[member] = file.read_bytes()
+        except OSError as error:
+            raise CorruptArchiveError(
+                f"{file}: cannot be read ({error.strerror}). Check its permissions, "
+                "or extract the archive again."
+            ) from error
     return _parse_members(raw, str(folder))
 
 
@@ -319,17 +361,59 @@ def _require(obj: dict, key: bytes, where: str):
 
 def _names(meta: dict, key: bytes, count: int, where: str) -> tuple[str, ...]:
     names = _require(meta, key, where)
-    if len(names) != count:
+    problem = None
+    if not isinstance(names, list | tuple):
+        problem = f"is a {type(names).__name__}, not a list of names"
+    elif len(names) != count:
+        problem = f"lists {len(names)} names, CIFAR-100 has {count}"
+    elif not all(isinstance(n, bytes | str) for n in names):
+        problem = "holds entries that are not names (text)"
+    else:
+        try:
+            names = tuple(n.decode() if isinstance(n, bytes) else n for n in names)
+        except UnicodeDecodeError:
+            problem = "holds names that are not UTF-8 text"
+        else:
+            if len(set(names)) != count:
+                problem = "names some class twice"
+    if problem:
         raise NotCifar100Error(
-            f"{where}: '{key.decode()}' lists {len(names)} names, CIFAR-100 has "
-            f"{count}. Use the official cifar-100-python archive."
+            f"{where}: '{key.decode()}' {problem}. Use the official "
+            "cifar-100-python archive."
         )
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    return names
+
+
+def _whole_numbers(obj: dict, key: bytes, where: str) -> np.ndarray:
+    """The labels under ``key`` as int64, refusing anything but whole numbers
+    (float labels would be truncated silently: 0.9 would become class 0)."""
+    raw = _require(obj, key, where)
+    try:
+        values = np.asarray(raw)
+    except (TypeError, ValueError):
+        values = None
+    if (
+        values is None
+        or values.ndim != 1
+        or (values.size and values.dtype.kind not in "iu")
+    ):
+        kind = "values" if values is None else f"{values.dtype} values"
+        raise NotCifar100Error(
+            f"{where}: '{key.decode()}' holds {kind}, not a list of whole numbers. "
+            "This is not CIFAR-100: use the official archive."
+        )
+    return values.astype(np.int64)
 
 
 def _split_arrays(raw: bytes, where: str):
     obj = _unpickle(raw, where)
-    data = np.asarray(_require(obj, b"data", where))
+    try:
+        data = np.asarray(_require(obj, b"data", where))
+    except (TypeError, ValueError) as error:
+        raise NotCifar100Error(
+            f"{where}: 'data' is not an array ({error}). The file is damaged or "
+            "from another dataset: download it again."
+        ) from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_BYTES:
         raise NotCifar100Error(
             f"{where}: 'data' is a {data.dtype} array of shape {data.shape}; CIFAR-100 "
@@ -338,7 +422,7 @@ def _split_arrays(raw: bytes, where: str):
         )
     labels = []
     for key, count in ((b"fine_labels", NUM_FINE), (b"coarse_labels", NUM_COARSE)):
-        values = np.asarray(_require(obj, key, where), dtype=np.int64)
+        values = _whole_numbers(obj, key, where)
         if values.shape != (len(data),):
             raise NotCifar100Error(
                 f"{where}: '{key.decode()}' has {values.size} entries for {len(data)} "
@@ -369,16 +453,24 @@ def _check_superclasses(y_train, c_train, y_test, c_test, where):
 # ------------------------------------------------------------ splits and subsets
 
 
-def _stratified_pick(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+class TooFewImagesError(DatasetError):
+    """A split or subset asks for more images of a class than the data holds."""
+
+
+def _stratified_pick(
+    labels: np.ndarray, per_class: int, seed: int, where: str = "the data"
+) -> np.ndarray:
     """Sorted indices of ``per_class`` items of every class, chosen by ``seed``."""
     rng = np.random.default_rng(seed)
     picks = []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         if per_class > len(members):
-            raise ValueError(
-                f"per_class={per_class} but class {cls} has only {len(members)} "
-                "images: ask for fewer per class."
+            raise TooFewImagesError(
+                f"{where}: per_class={per_class} but class {cls} has only "
+                f"{len(members)} images: ask for fewer per class, or use data with "
+                "more images of every class (the official archive has 500 training "
+                "and 100 test images a class)."
             )
         picks.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(picks))
@@ -406,7 +498,9 @@ def with_validation_split(data: Cifar100, *, val_per_class: int = 20, seed: int 
         raise ValueError(
             "with_validation_split: this data already has a validation split."
         )
-    val = _stratified_pick(data.y_train, val_per_class, seed)
+    val = _stratified_pick(
+        data.y_train, val_per_class, seed, f"{data.source} (training images)"
+    )
     train = np.setdiff1d(np.arange(len(data.y_train)), val)
     return dataclasses.replace(
         data, **_rows(data, "train", train), **_rows(data, "train", val, into="val")
@@ -424,8 +518,12 @@ def stratified_subset(
         raise ValueError(
             "stratified_subset: take the subset before the validation split."
         )
-    train = _stratified_pick(data.y_train, train_per_class, seed)
-    test = _stratified_pick(data.y_test, test_per_class, seed)
+    train = _stratified_pick(
+        data.y_train, train_per_class, seed, f"{data.source} (training images)"
+    )
+    test = _stratified_pick(
+        data.y_test, test_per_class, seed, f"{data.source} (test images)"
+    )
     return dataclasses.replace(
         data,
         **_rows(data, "train", train),

@@ -14,6 +14,11 @@ from pathlib import Path
 import numpy as np
 
 SIZE = 32  # CIFAR's images are 32 x 32 RGB
+# The largest image read_image opens, in pixels (8000 x 8000, a 64-megapixel
+# photo): a PNG that declares more could take gigabytes to decode. Pillow's own
+# decompression-bomb limit (about 89 megapixels, with only a warning below twice
+# that) is looser.
+MAX_PIXELS = 64_000_000
 CLASSES_FILE = "classes.json"  # the class names, beside a saved model
 SAVED_MODEL = "saved_model"  # the SavedModel folder inside an export
 
@@ -30,7 +35,8 @@ def to_cifar(image, size: int = SIZE) -> np.ndarray:
     """A PIL image as CIFAR sees one: uint8 ``size x size x 3`` RGB.
 
     Transparent pixels (RGBA, grey + alpha, a palette or a colour marked
-    transparent) are laid on white, 16-bit grey is scaled to 8 bits, grey images get
+    transparent) are laid on white, 16-bit grey is scaled to 8 bits (32-bit integer
+    grey is clipped to the 16-bit range first), grey images get
     three equal channels, the largest centred square is kept
     (CIFAR's photos are square, with the object in the middle), and the square is
     resized with Lanczos filtering, which averages away detail when it shrinks a
@@ -40,7 +46,10 @@ def to_cifar(image, size: int = SIZE) -> np.ndarray:
 
     image = ImageOps.exif_transpose(image)  # phone photos store their rotation
     if image.mode in ("I", "I;16", "I;16L", "I;16B"):  # 16-bit grey: 0..65535
-        image = Image.fromarray((np.asarray(image) / 257).round().astype(np.uint8))
+        # Pillow reads 16-bit grey as 32-bit integers ("I"); values outside
+        # 0..65535 (a 32-bit TIFF) are clipped, not wrapped around.
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257
+        image = Image.fromarray(grey.round().astype(np.uint8))
     if image.mode == "P" or "transparency" in image.info:  # a transparent colour
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -55,34 +64,57 @@ def to_cifar(image, size: int = SIZE) -> np.ndarray:
 
 def read_image(path) -> np.ndarray:
     """The image file at ``path`` (PNG, JPEG, or anything else Pillow reads, of any
-    size, grey, RGB or with transparency) as uint8 ``32 x 32 x 3`` (:func:`to_cifar`).
+    size up to :data:`MAX_PIXELS`, grey, RGB or with transparency) as uint8
+    ``32 x 32 x 3`` (:func:`to_cifar`).
 
-    Raises :class:`ImageError` naming the file for a missing, unreadable, damaged or
-    non-image file.
+    Raises :class:`ImageError` naming the file for a missing, unreadable, damaged,
+    too large or non-image file, and for anything that is not a regular file (a
+    folder, a FIFO, a device), which is never opened.
     """
+    import stat
+
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            # A JPEG can decode at 1/2, 1/4 or 1/8 scale: a 12-megapixel photo then
-            # costs a fraction of the time and memory, and still has far more than
-            # 32 x 32 pixels to average.
-            image.draft("RGB", (4 * SIZE, 4 * SIZE))
-            image.load()
-            return to_cifar(image)
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file; check the path.") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: a folder, not an image file.") from None
+    except OSError as error:
+        raise ImageError(f"{path}: cannot be read ({error.strerror}).") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: a folder, not an image file.")
+    if not stat.S_ISREG(mode):
+        raise ImageError(
+            f"{path}: not a regular file (a pipe, socket or device); give an image "
+            "file."
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it: refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # A JPEG can decode at 1/2, 1/4 or 1/8 scale: a 12-megapixel photo
+                # then costs a fraction of the time and memory, and still has far
+                # more than 32 x 32 pixels to average.
+                image.draft("RGB", (4 * SIZE, 4 * SIZE))
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{width} x {height} pixels is more than the "
+                        f"{MAX_PIXELS:,} this reads."
+                    )
+                image.load()
+                return to_cifar(image)
     except UnidentifiedImageError:
         raise ImageError(
             f"{path}: not an image Pillow can read (no format it knows); give a "
             "PNG or JPEG file (an iPhone's HEIC photo: save it as JPEG first)."
         ) from None
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(
-            f"{path}: {error} Shrink the image below that size first."
+            f"{path}: too large to read safely ({error}). Shrink the image (to a few "
+            "megapixels, say) first."
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(
@@ -115,12 +147,10 @@ def write_class_names(folder, names):
 def class_names(folder: Path, classes: int) -> list[str]:
     """The ``classes`` names of the model saved in ``folder``: its ``classes.json``
     (``train``, ``export`` and notebook 06 write one), else ``class 0``,
-    ``class 1``... Raises :class:`ModelError` when the saved names do not match
-    the model."""
-    saved = folder / CLASSES_FILE
-    if saved.is_file():
-        names = json.loads(saved.read_text())
-    else:
+    ``class 1``... Raises :class:`ModelError` when the file is damaged or does not
+    hold exactly ``classes`` distinct strings."""
+    saved = Path(folder) / CLASSES_FILE
+    if not saved.is_file():
         warnings.warn(
             f"{folder}: no classes.json beside the model, so its classes are "
             "numbered; save the names with inference.write_class_names(folder, "
@@ -128,11 +158,23 @@ def class_names(folder: Path, classes: int) -> list[str]:
             stacklevel=2,
         )
         return [f"class {i}" for i in range(classes)]
+    fix = (
+        "It should hold the model's class names, one string per output, as "
+        "`train` and `export` write it; copy it again from the run folder."
+    )
+    try:
+        names = json.loads(saved.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{saved}: cannot be read ({error}). {fix}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{saved}: not a list of names (strings). {fix}")
     if len(names) != classes:
         raise ModelError(
             f"{saved}: {len(names)} class names for a model with {classes} outputs; "
             "the names belong to another model."
         )
+    if len(set(names)) != len(names):
+        raise ModelError(f"{saved}: some class names appear twice. {fix}")
     return names
 
 
@@ -142,21 +184,43 @@ def _keras_file(path: Path) -> Path | None:
     return path if path.is_file() and path.suffix == ".keras" else None
 
 
-def load_model(path):
-    """The Keras model at ``path`` (a ``.keras`` file, or a run or export folder
-    holding ``model.keras``) without its training state, and its class names:
-    ``(model, names)``."""
+def read_keras_model(path, *, compile: bool = True, fix: str | None = None):
+    """``keras.saving.load_model(path)``, with the series' custom layers registered;
+    a file that cannot be loaded raises :class:`ModelError` naming it, what is wrong
+    and ``fix`` (by default: use another copy)."""
+    import zipfile
+
     import keras
 
     import cifar_helpers.models  # noqa: F401  registers the series' custom layers
 
+    path = Path(path)
+    fix = fix or "Use another copy, or train the model again."
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ModelError(
+            f"{path}: not a Keras model file (a .keras file is a zip archive; this "
+            f"one is not, or it is cut short). {fix}"
+        )
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # a damaged zip, weights or config: many kinds
+        raise ModelError(
+            f"{path}: the Keras model cannot be loaded ({type(error).__name__}: "
+            f"{error}); the file is damaged or was saved by a different model. {fix}"
+        ) from None
+
+
+def load_model(path):
+    """The Keras model at ``path`` (a ``.keras`` file, or a run or export folder
+    holding ``model.keras``) without its training state, and its class names:
+    ``(model, names)``."""
     file = _keras_file(Path(path))
     if file is None:
         raise ModelError(
             f"{path}: no Keras model here. Give a .keras file, or the --out folder "
             "of a finished `train` command (it holds model.keras)."
         )
-    model = keras.saving.load_model(file, compile=False)
+    model = read_keras_model(file, compile=False)
     return model, class_names(file.parent, model.output_shape[-1])
 
 
@@ -181,14 +245,22 @@ def load_classifier(path):
     if path.is_dir() and (path / "saved_model.pb").is_file():
         import tensorflow as tf
 
-        served = tf.saved_model.load(str(path))
+        try:
+            served = tf.saved_model.load(str(path))
+            # export() writes the names into the SavedModel folder too, so that
+            # they travel with it.
+            signature = served.signatures["serving_default"]
+            (output,) = signature.structured_outputs.values()
+        except Exception as error:  # a damaged protobuf, variables or signature
+            raise ModelError(
+                f"{path}: the SavedModel cannot be loaded ({type(error).__name__}: "
+                f"{error}); it is damaged, or not one that `export` wrote (it needs "
+                "a serving_default signature with one output). Export it again."
+            ) from None
 
         def predict(images):
             return served.serve(tf.constant(models.check_images(images))).numpy()
 
-        # export() writes the names into the SavedModel folder too, so that they
-        # travel with it.
-        (output,) = served.signatures["serving_default"].structured_outputs.values()
         return predict, class_names(path, output.shape[-1])
     raise ModelError(
         f"{path}: no model here. Give a .keras file, the --out folder of a "

@@ -11,8 +11,11 @@ it spans several workers):
 - :class:`AtomicBackupAndRestore`: ``BackupAndRestore`` committing an epoch in one
   step, with the random generators' states (:func:`random_states`);
 - :class:`ResumableEarlyStopping`: ``EarlyStopping`` that carries on counting;
-- :func:`prepare`: what a resume cleans up first (partial files, log rows of
-  uncommitted epochs);
+- :func:`prepare`: what a start or a resume checks and cleans up first (a damaged
+  or inconsistent folder is refused with :class:`DamagedRunError`; partial files
+  and log rows of uncommitted epochs are deleted);
+- :class:`RecordTrainingEnd` and :func:`training_ended`: the explicit record,
+  ``trained.json``, that training ended (never inferred from which files exist);
 - :func:`fast_forward`: the training dataset's shuffles replayed.
 
 Checked against Keras 3.15 (TensorFlow 2.21), the versions in ``constraints.txt``.
@@ -36,28 +39,127 @@ import keras
 
 from cifar_helpers import atomic
 
+TRAINED = "trained.json"  # written when training ends, before the backup goes
+FINISHED = "finished.json"  # written last by cifar_helpers.runs.train
+
+
+class DamagedRunError(ValueError):
+    """A run folder whose files are damaged or disagree with each other; the
+    message names the file, says what is wrong, and what can still be done."""
+
+
+def _start_again(run_dir) -> str:
+    return (
+        f"To start again, train into another --out folder (this one is left as it "
+        f"is), or delete {run_dir}."
+    )
+
+
+def read_json(path: Path, what: str, fix: str):
+    """The JSON document at ``path``, or None when there is none; a truncated or
+    unreadable one raises :class:`DamagedRunError` saying ``what`` it held and
+    ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DamagedRunError(
+            f"{path}: cannot be read ({type(error).__name__}: {error}); it should "
+            f"hold {what}. {fix}"
+        ) from None
+
 
 def committed_backup(run_dir) -> dict | None:
     """The backup an interrupted run in ``run_dir`` resumes from: ``{"epoch": epochs
-    finished, "weights": file name, ...}``, or None when there is none."""
-    return _record(Path(run_dir) / "backup" / "training_metadata.json")
+    finished, "weights": file name, ...}``, or None when there is none. A record
+    that is damaged, or names a weights file that is missing, raises
+    :class:`DamagedRunError`."""
+    return backup_record(Path(run_dir) / "backup")
 
 
-def _record(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def backup_record(backup_dir) -> dict | None:
+    """:func:`committed_backup`, given the backup folder itself."""
+    path = Path(backup_dir) / "training_metadata.json"
+    run_dir = path.parent.parent
+    record = read_json(path, "the epoch the backup committed", _start_again(run_dir))
+    if record is None:
+        return None
+    epoch, weights = (
+        (record.get("epoch"), record.get("weights"))
+        if isinstance(record, dict)
+        else (None, None)
+    )
+    if not isinstance(epoch, int) or epoch < 0 or not isinstance(weights, str):
+        raise DamagedRunError(
+            f"{path}: not a backup record (no epoch and weights file in it). "
+            + _start_again(run_dir)
+        )
+    if not (path.parent / weights).is_file():
+        raise DamagedRunError(
+            f"{path}: commits epoch {epoch}, but its weights file {weights} is "
+            f"missing, so the run cannot resume. " + _start_again(run_dir)
+        )
+    return record
 
 
-def prepare(run_dir) -> dict | None:
-    """Make ``run_dir`` ready for a run to start or resume; return its
-    :func:`committed_backup`. Deletes the partial files a killed process left and,
-    when resuming, the log rows of epochs the backup did not commit (see
-    :func:`trim_history`)."""
+def training_ended(run_dir) -> dict | None:
+    """The record :class:`RecordTrainingEnd` wrote when training in ``run_dir``
+    ended (``{"epochs_run": N, "epochs": asked}``), or None: training has not
+    ended there (it never started, or was interrupted)."""
+    record = read_json(
+        Path(run_dir) / TRAINED,
+        "the record that training ended",
+        "Delete it, and the same command resumes the run from its backup (or, "
+        "with none, starts it again).",
+    )
+    if record is not None and not isinstance(record, dict):
+        raise DamagedRunError(
+            f"{Path(run_dir) / TRAINED}: not a record of training's end. Delete "
+            "it, and the same command resumes or starts the run again."
+        )
+    return record
+
+
+def logged_epochs(path: Path) -> int:
+    """How many whole rows a CSV history holds (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    return sum(1 for line in lines[1:] if line.endswith("\n"))
+
+
+def prepare(run_dir, epochs: int | None = None) -> dict | None:
+    """Make ``run_dir`` ready for a run of ``epochs`` epochs to start or resume;
+    return its :func:`committed_backup` (None: the run starts from epoch 0).
+
+    Refuses, with :class:`DamagedRunError`, a folder whose backup is damaged, names
+    an epoch ``history.csv`` does not log, or more epochs than asked. Deletes the
+    partial files a killed process left; when resuming, the log rows of epochs the
+    backup did not commit (see :func:`trim_history`).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_partials(run_dir)
     backup = committed_backup(run_dir)
-    if backup is not None:
-        trim_history(run_dir / "history.csv", backup["epoch"])
+    history = run_dir / "history.csv"
+    if backup is None:
+        return None
+    logged = logged_epochs(history)
+    if backup["epoch"] > logged:
+        raise DamagedRunError(
+            f"{run_dir}: the backup commits {backup['epoch']} epoch(s), but "
+            f"{history.name} logs {logged}: the files disagree (one was replaced or "
+            "cut short). " + _start_again(run_dir)
+        )
+    if epochs is not None and backup["epoch"] > epochs:
+        raise DamagedRunError(
+            f"{run_dir}: the backup commits {backup['epoch']} epoch(s), more than the "
+            f"{epochs} this run asks for. Ask for at least {backup['epoch']} epochs "
+            "to resume it; " + _start_again(run_dir)
+        )
+    trim_history(history, backup["epoch"])
     return backup
 
 
@@ -73,6 +175,31 @@ def trim_history(path: Path, epochs: int):
         kept = kept[:-1]  # a half-written row
     if kept != lines:
         atomic.write_text(path, "".join(kept))
+
+
+class RecordTrainingEnd(keras.callbacks.Callback):
+    """Write ``trained.json`` when ``fit`` ends normally (all epochs run, or early
+    stopping): the one record that a run's training ended. It runs before the
+    backup's ``on_train_end`` deletes the backup, so a process killed between the
+    two leaves a folder that is still read as ended. ``fit`` interrupted by an
+    exception or a kill never writes it. A run that starts afresh (``resuming``
+    False) first deletes the records of an earlier run's end in the folder
+    (``trained.json``, and ``finished.json`` of :mod:`cifar_helpers.runs`)."""
+
+    def __init__(self, run_dir, epochs: int, *, resuming: bool = False):
+        super().__init__()
+        self.run_dir, self.epochs, self.resuming = Path(run_dir), epochs, resuming
+
+    def on_train_begin(self, logs=None):
+        if not self.resuming:  # the records of an earlier run's end no longer hold
+            for record in (FINISHED, TRAINED):
+                (self.run_dir / record).unlink(missing_ok=True)
+
+    def on_train_end(self, logs=None):
+        # The log holds one row per epoch of the run, resumed sessions included.
+        epochs_run = logged_epochs(self.run_dir / "history.csv")
+        record = {"epochs_run": epochs_run, "epochs": self.epochs}
+        atomic.write_text(self.run_dir / TRAINED, json.dumps(record))
 
 
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -134,12 +261,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 older.unlink()
 
     def _load_model(self):
-        record = _record(Path(self._training_metadata_path))
+        backup = Path(self.backup_dir)
+        record = backup_record(backup)
         if record is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(Path(self.backup_dir) / record["weights"])
+        weights = backup / record["weights"]
+        try:
+            self.model.load_weights(weights)
+        except Exception as error:  # h5py and Keras raise many kinds
+            raise DamagedRunError(
+                f"{weights}: the backup of epoch {record['epoch']} cannot be loaded "
+                f"({type(error).__name__}: {error}); it is damaged or belongs to "
+                "another model. " + _start_again(backup.parent)
+            ) from None
         states, saved = random_states(self.model), record["random_states"]
         if len(saved) == len(states):
             for variable, value in zip(states, saved, strict=True):
@@ -181,7 +317,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             if self._is_improvement(value, self.best):
                 self.best, self.best_epoch, self.wait = value, epoch, 0
         if self.restore_best_weights and self.best_path and self.best_path.is_file():
-            saved = keras.saving.load_model(self.best_path, compile=False)
+            from cifar_helpers.inference import read_keras_model
+
+            saved = read_keras_model(
+                self.best_path, compile=False, fix=_start_again(self.best_path.parent)
+            )
             self.best_weights = saved.get_weights()
 
 

@@ -7,11 +7,22 @@ the strategy (before any other TensorFlow work), the precision, the seed, the
 recipe scaled for the strategy, the data and its pipelines, the model compiled in
 the strategy's scope, :func:`cifar_helpers.training.fit`, and then the results.
 
-A run folder holds ``run.json`` (its :class:`RunSettings`, written first: a resume
-must ask for the same), what ``fit`` writes while training (``best.keras``,
-``backup/``, ``history.csv``, ``logs/``), and once training ends ``model.keras`` (the
-best validation model), ``classes.json``, ``history.json``, ``curves.png`` and
-``results.json`` (written last). Introduced in notebook 02.
+A run folder's state is recorded, never guessed from which files exist:
+
+1. ``run.json``: the run's :class:`RunSettings`, written once the settings, the
+   data, the seed and the strategy have been checked (a start that fails on them
+   records nothing); a resume must ask for the same;
+2. while training, what ``fit`` writes: ``history.csv``, ``best.keras``, ``logs/``
+   and ``backup/``, whose record commits each finished epoch;
+3. ``trained.json``: training ended (``fit`` writes it, then deletes the backup);
+4. the outcome: ``model.keras`` (the best validation model), ``classes.json``,
+   ``history.json``, ``curves.png`` and ``results.json``;
+5. ``finished.json``, written last: the run is finished.
+
+The same command resumes any other state from its last committed epoch (or, with
+none committed, starts again); files that disagree raise
+:class:`cifar_helpers.resume.DamagedRunError`. While ``train`` writes the folder, it
+holds the folder's lock (:mod:`cifar_helpers.lock`). Introduced in notebook 02.
 """
 
 import dataclasses
@@ -20,13 +31,20 @@ import statistics
 import time
 from pathlib import Path
 
-from cifar_helpers import atomic
+from cifar_helpers import atomic, resume
 
 SMOKE_EPOCHS = 2
+RUN_FILE = "run.json"
+RESULTS = "results.json"
+FINISHED = resume.FINISHED
+# What a finished run folder holds; finished.json is written after all of them.
+OUTCOME = (RUN_FILE, "model.keras", "classes.json", "history.json", RESULTS)
+SEED_LIMIT = 2**32  # NumPy's seeds are below it
 
 
 class RunError(ValueError):
-    """A run folder that cannot be used as asked; the message says why."""
+    """A run folder or settings that cannot be used as asked; the message says
+    why (a usage error: exit status 2 on the command line)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +56,9 @@ class RunSettings:
     ``smoke``: a stratified subset and the model's narrow copy; ``epochs``: None
     for the recipe's (or :data:`SMOKE_EPOCHS`); ``strategy``: one of
     :data:`cifar_helpers.devices.STRATEGIES`; ``seed``: None for an unseeded run,
-    else see :func:`cifar_helpers.training.make_reproducible`.
+    else a whole number below 2**32 (see
+    :func:`cifar_helpers.training.make_reproducible`). A value of the wrong kind
+    raises :class:`RunError`.
     """
 
     model: str
@@ -47,6 +67,36 @@ class RunSettings:
     epochs: int | None = None
     strategy: str = "auto"
     seed: int | None = None
+
+    def __post_init__(self):
+        from cifar_helpers.devices import STRATEGIES
+        from cifar_helpers.models import ALIASES, CATALOGUE
+
+        def whole(value, low, high=None):
+            return (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= low
+                and (high is None or value < high)
+            )
+
+        problems = []
+        if self.model not in CATALOGUE and self.model not in ALIASES:
+            problems.append(f"model {self.model!r} (use one of {', '.join(CATALOGUE)})")
+        if self.data is not None and not isinstance(self.data, str):
+            problems.append(f"data {self.data!r} (a path, 'synthetic' or None)")
+        if not isinstance(self.smoke, bool):
+            problems.append(f"smoke {self.smoke!r} (True or False)")
+        if self.epochs is not None and not whole(self.epochs, 1):
+            problems.append(f"epochs {self.epochs!r} (a whole number of at least 1)")
+        if self.strategy not in STRATEGIES:
+            problems.append(
+                f"strategy {self.strategy!r} (use one of {', '.join(STRATEGIES)})"
+            )
+        if self.seed is not None and not whole(self.seed, 0, SEED_LIMIT):
+            problems.append(f"seed {self.seed!r} (a whole number from 0 to 2**32 - 1)")
+        if problems:
+            raise RunError("RunSettings: cannot use " + "; ".join(problems) + ".")
 
     def recipe(self):
         """The model's own recipe for these settings, on one device."""
@@ -72,30 +122,105 @@ class RunSettings:
             cifar, val_per_class=10 if self.smoke else 20, seed=0
         )
 
+    def known_as(self) -> "RunSettings":
+        """These settings under the model's current name (a run started under an
+        old name resumes under the new one)."""
+        from cifar_helpers.models import ALIASES
 
-def _claim(run_dir: Path, settings: RunSettings):
-    """Record ``settings`` in a new run folder, or check that an existing run was
-    started with the same ones."""
-    from cifar_helpers.models import ALIASES
+        return dataclasses.replace(self, model=ALIASES.get(self.model, self.model))
 
-    def known_as(recorded_settings: dict) -> dict:
-        # A run started under a model's old name resumes under its new one.
-        name = recorded_settings["model"]
-        return {**recorded_settings, "model": ALIASES.get(name, name)}
 
-    recorded = run_dir / "run.json"
-    asked = dataclasses.asdict(settings)
-    if recorded.is_file():
-        previous = json.loads(recorded.read_text())
-        if known_as(previous) != known_as(asked):
+def _recorded(run_dir: Path) -> RunSettings | None:
+    """The settings ``run.json`` records, or None when there is none."""
+    from cifar_helpers import resume
+
+    path = run_dir / RUN_FILE
+    fix = (
+        "If you are sure that this command started the run, delete it and run the "
+        "command again (it records the settings anew and resumes); otherwise train "
+        "into another --out folder."
+    )
+    recorded = resume.read_json(path, "the run's settings", fix)
+    if recorded is None:
+        return None
+    try:
+        return RunSettings(**recorded)
+    except (TypeError, RunError) as error:
+        raise resume.DamagedRunError(
+            f"{path}: not a run's settings ({error}). {fix}"
+        ) from None
+
+
+def _finished(run_dir: Path) -> dict | None:
+    """The results of the finished run in ``run_dir``, or None when its run has not
+    finished; :class:`~cifar_helpers.resume.DamagedRunError` when the record says
+    finished and the files disagree."""
+    from cifar_helpers import resume
+
+    again = (
+        f"Delete {run_dir / FINISHED}, and the same command writes the results again "
+        "from best.keras; or train into another --out folder."
+    )
+    record = resume.read_json(
+        run_dir / FINISHED, "the record that the run finished", again
+    )
+    if record is None:
+        return None
+    missing = [name for name in OUTCOME if not (run_dir / name).is_file()]
+    if missing:
+        raise resume.DamagedRunError(
+            f"{run_dir}: {FINISHED} records a finished run, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing, so its results cannot "
+            f"be trusted. {again}"
+        )
+    results = resume.read_json(run_dir / RESULTS, "the run's test scores", again)
+    if not isinstance(results, dict) or "test_accuracy" not in results:
+        raise resume.DamagedRunError(
+            f"{run_dir / RESULTS}: holds no test scores. {again}"
+        )
+    return results
+
+
+def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | None:
+    """Check that ``run_dir`` can take the run ``settings`` describe, without
+    writing anything (``say`` prints what a start will do); return its results
+    when that run has finished there."""
+    from cifar_helpers import resume
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(
+            f"--out {run_dir}: a file, not a folder; give the name of a new folder "
+            "(or of a run folder to resume)."
+        )
+    if not run_dir.is_dir():
+        return None
+    previous = _recorded(run_dir)
+    finished = _finished(run_dir)
+    backup, ended = resume.committed_backup(run_dir), resume.training_ended(run_dir)
+    if previous is not None and previous.known_as() != settings.known_as():
+        asked, held = dataclasses.asdict(settings), dataclasses.asdict(previous)
+        if finished is not None or backup is not None or ended is not None:
             raise RunError(
-                f"{run_dir} holds a run with other settings ({previous}); this "
-                f"command asks for {asked}. Use another --out folder, or repeat "
-                "the original command to resume that run."
+                f"{run_dir} holds a run with other settings ({held}); this command "
+                f"asks for {asked}. Use another --out folder, or repeat the original "
+                "command to resume that run."
             )
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(recorded, json.dumps(asked, indent=2))
+        say(
+            f"{run_dir}: the run started there with other settings ({held}) never "
+            "committed an epoch, so nothing is lost: it starts again with these."
+        )
+    elif (
+        previous
+        and not (finished or backup or ended)
+        and resume.logged_epochs(run_dir / "history.csv")
+    ):
+        say(f"{run_dir}: no committed epoch to resume; training starts again.")
+    if ended and not finished and not (run_dir / "best.keras").is_file():
+        raise resume.DamagedRunError(
+            f"{run_dir}: {resume.TRAINED} records that training ended, but best.keras "
+            "(the model it trained) is missing. Train into another --out folder."
+        )
+    return finished
 
 
 def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
@@ -103,22 +228,24 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
     return its results (what ``results.json`` holds: test scores, epochs run,
     speed, data, precision, replicas, ``command``, versions and hardware).
 
-    A folder that holds a finished run returns its results without training; one
-    whose run was interrupted resumes from its last finished epoch; one that holds
-    a run with other settings raises :class:`RunError`. On a worker of a
-    multi-worker cluster that is not the chief, it returns ``{"worker": True}``
+    A folder that holds the finished run returns its results without training; one
+    whose run was interrupted resumes from its last committed epoch; one that holds
+    a run with other settings that committed an epoch raises :class:`RunError`, and
+    one whose files are damaged or disagree raises
+    :class:`~cifar_helpers.resume.DamagedRunError`. Another process training into
+    the folder raises :class:`~cifar_helpers.lock.FolderInUseError`. On a worker of
+    a multi-worker cluster that is not the chief, it returns ``{"worker": True}``
     (only the chief writes the run folder).
     """
-    from cifar_helpers import devices, models, pipeline, recipes, training
+    from cifar_helpers import devices, lock, models, pipeline, recipes, training
 
     run_dir = Path(out)
-    _claim(run_dir, settings)
-    results_path = run_dir / "results.json"
-    if results_path.is_file():
+    finished = _check_folder(run_dir, settings)
+    if finished is not None:
         print(f"{run_dir} already holds a finished run; its results:")
-        return json.loads(results_path.read_text())
+        return finished
 
-    spec = models.spec(settings.model)
+    spec = models.spec(settings.known_as().model)
     # A multi-worker strategy must exist before any other TensorFlow work.
     strategy = devices.choose_strategy(settings.strategy)
     policy = devices.use_precision(spec.precision)
@@ -141,39 +268,58 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
     if not chief:
         # Every worker runs the same steps; only the chief writes the run folder.
         run_dir = run_dir / "workers" / f"worker-{strategy.cluster_resolver.task_id}"
-    start = time.perf_counter()
-    if training.run_finished(run_dir):
-        print(f"{run_dir}: training finished before; writing the results.")
-    else:
-        training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=verbose)
-    wall = time.perf_counter() - start
-    if not chief:
-        return {"worker": True}
-    results = {
-        **_save_outcome(run_dir, settings, split, recipe.batch_size),
-        "wall_seconds_this_session": wall,
-        "data": split.source,
-        "synthetic": split.synthetic,
-        "smoke": settings.smoke,
-        "precision": policy,
-        "replicas": replicas,
-        "command": command,
-        **devices.environment(),
-    }
-    atomic.write_text(results_path, json.dumps(results, indent=2))
+    with lock.holding(run_dir):
+        if chief:
+            # Again, now that no other process can write the folder.
+            finished = _check_folder(run_dir, settings, say=lambda _: None)
+            if finished is not None:
+                return finished
+            atomic.write_text(
+                run_dir / RUN_FILE, json.dumps(dataclasses.asdict(settings), indent=2)
+            )
+        start = time.perf_counter()
+        if training.run_finished(run_dir):
+            print(f"{run_dir}: training finished before; writing the results.")
+        else:
+            training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=verbose)
+        wall = time.perf_counter() - start
+        if not chief:
+            return {"worker": True}
+        results = {
+            **_save_outcome(run_dir, settings, split, recipe.batch_size),
+            "wall_seconds_this_session": wall,
+            "data": split.source,
+            "synthetic": split.synthetic,
+            "smoke": settings.smoke,
+            "precision": policy,
+            "replicas": replicas,
+            "command": command,
+            **devices.environment(),
+        }
+        atomic.write_text(run_dir / RESULTS, json.dumps(results, indent=2))
+        atomic.write_text(
+            run_dir / FINISHED, json.dumps({"files": [*OUTCOME, "curves.png"]})
+        )
     return results
 
 
 def _save_outcome(run_dir: Path, settings: RunSettings, split, batch_size) -> dict:
     """Write the finished run's model, class names, history and curves; return its
     test scores, epochs run and training speed."""
-    import keras
-
     from cifar_helpers import inference, plots, training
 
     history = training.read_history(run_dir / "history.csv")
+    ended = resume.training_ended(run_dir)
+    if ended and len(history.get("loss", [])) != ended["epochs_run"]:
+        raise resume.DamagedRunError(
+            f"{run_dir}: {resume.TRAINED} records {ended['epochs_run']} epoch(s), but "
+            f"history.csv logs {len(history.get('loss', []))}: the files disagree. "
+            "Train into another --out folder."
+        )
     # The run's result is its best validation model, whichever session found it.
-    model = keras.saving.load_model(run_dir / "best.keras")
+    model = inference.read_keras_model(
+        run_dir / "best.keras", fix="Train into another --out folder."
+    )
     with atomic.replacing(run_dir / "model.keras") as partial:
         model.save(partial)
     inference.write_class_names(run_dir, split.fine_names)
@@ -212,17 +358,15 @@ def score(model, split, batch_size: int) -> dict:
 def evaluate(run_dir) -> dict:
     """Test accuracy (top-1, top-5) and loss of a finished run's saved model, on
     the test set of the data it was trained on."""
-    import keras
-
-    import cifar_helpers.models  # noqa: F401  registers the custom layers and losses
+    from cifar_helpers import inference
 
     run_dir = Path(run_dir)
-    model_path, recorded = run_dir / "model.keras", run_dir / "run.json"
-    if not model_path.is_file() or not recorded.is_file():
+    if not run_dir.is_dir() or _finished(run_dir) is None:
         raise RunError(
-            f"{run_dir}: no finished run here (model.keras and run.json are missing). "
-            "Pass the --out folder of a `train` command that finished."
+            f"{run_dir}: no finished run here ({FINISHED} is missing). Pass the --out "
+            "folder of a `train` command that finished (or finish it: run the same "
+            "`train` command again)."
         )
-    settings = RunSettings(**json.loads(recorded.read_text()))
-    model = keras.saving.load_model(model_path)
+    settings = _recorded(run_dir)
+    model = inference.read_keras_model(run_dir / "model.keras")
     return score(model, settings.load_split(), settings.recipe().batch_size)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar_helpers import atomic
-from cifar_helpers.data import FOLDER_NAME, NUM_FINE, ROW_BYTES, cache_root
+from cifar_helpers.data import FOLDER_NAME, NUM_FINE, ROW_BYTES, datasets_folder
 
 # The size of the archive that ``load_cifar100("synthetic")`` writes (and caches).
 TRAIN_PER_CLASS = 100
@@ -201,7 +201,7 @@ def synthetic_archive_path(*, cache_dir=None, seed: int = 0) -> Path:
         f"cifar-100-synthetic-v{_VERSION}-{TRAIN_PER_CLASS}x"
         f"{TEST_PER_CLASS}-seed{seed}.tar.gz"
     )
-    path = cache_root(cache_dir) / "datasets" / name
+    path = datasets_folder(cache_dir) / name
     if not path.is_file():
         write_synthetic_archive(path, seed=seed)
     return path

@@ -13,8 +13,9 @@ The story of a run, in the order :func:`fit` tells it:
    epoch, all written into one run folder;
 4. after an interruption, the same call resumes from the last finished epoch
    (:mod:`cifar_helpers.resume` holds that machinery);
-5. :func:`read_history` reads the log back for the curves; :func:`run_finished`
-   tells a finished run from an interrupted one.
+5. when training ends, a record says so (``trained.json``): :func:`run_finished`
+   reads it, and tells a finished run from an interrupted one; :func:`read_history`
+   reads the log back for the curves.
 
 Introduced in notebook 02.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import keras
 
-from cifar_helpers import devices, recipes, resume
+from cifar_helpers import devices, lock, recipes, resume
 from cifar_helpers._moved import moved
 
 
@@ -52,23 +53,26 @@ def fit(
     again with the same ``run_dir`` after an interruption resumes where the run
     stopped; in a new process, a run made reproducible (:func:`make_reproducible`)
     resumes bit for bit, as the training dataset is fast-forwarded to the epoch it
-    resumes.
+    resumes. Calling it on a folder whose training ended starts a new run there.
+
+    While it trains, ``run_dir`` is locked (:func:`cifar_helpers.lock.holding`):
+    another process that trains into it is refused. A damaged or inconsistent
+    folder raises :class:`cifar_helpers.resume.DamagedRunError` before training.
     """
     devices.check_fit_supported(model.distribute_strategy)
-    backup = resume.committed_backup(run_dir)
-    if backup is not None and hasattr(train_ds, "cardinality"):
-        resume.fast_forward(train_ds, backup["epoch"])
-    return model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=recipe.epochs,
-        callbacks=[
-            *callbacks(model, run_dir, recipe, tensorboard=tensorboard),
-            *extra_callbacks,
-        ],
-        shuffle=False,  # the dataset shuffles itself
-        verbose=verbose,
-    )
+    with lock.holding(run_dir):
+        chosen = callbacks(model, run_dir, recipe, tensorboard=tensorboard)
+        backup = resume.committed_backup(run_dir)
+        if backup is not None and hasattr(train_ds, "cardinality"):
+            resume.fast_forward(train_ds, backup["epoch"])
+        return model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=recipe.epochs,
+            callbacks=[*chosen, *extra_callbacks],
+            shuffle=False,  # the dataset shuffles itself
+            verbose=verbose,
+        )
 
 
 def callbacks(model, run_dir, recipe=recipes.ORIGINAL, *, tensorboard=True):
@@ -92,9 +96,11 @@ def callbacks(model, run_dir, recipe=recipes.ORIGINAL, *, tensorboard=True):
     At the end of an epoch the best checkpoint and the CSV row are written before
     the backup commits the epoch; a resume drops log rows of epochs the backup did
     not commit, so a run killed at any moment loses at most the epoch in progress.
+    When training ends, :class:`~cifar_helpers.resume.RecordTrainingEnd` records it
+    (``trained.json``) before the backup is deleted.
     """
     run_dir = Path(run_dir)
-    resuming = resume.prepare(run_dir) is not None
+    resuming = resume.prepare(run_dir, recipe.epochs) is not None
     # The backup brings back the weights and the epoch, not the other callbacks'
     # state: give the checkpoint and early stopping the scores of the epochs before.
     logged = (
@@ -132,6 +138,7 @@ def callbacks(model, run_dir, recipe=recipes.ORIGINAL, *, tensorboard=True):
     ]
     if tensorboard:
         chosen.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))
+    chosen.append(resume.RecordTrainingEnd(run_dir, recipe.epochs, resuming=resuming))
     chosen.append(resume.AtomicBackupAndRestore(str(run_dir / "backup")))
     return chosen
 
@@ -191,32 +198,43 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def run_finished(run_dir) -> bool:
-    """Whether :func:`fit` finished in ``run_dir``: it holds ``best.keras`` and no
-    ``backup/`` (``BackupAndRestore`` deletes it when training ends, early stopping
-    included; an interrupted run leaves it, and :func:`fit` resumes from it).
-    Introduced in notebook 06, which evaluates only finished runs."""
+    """Whether :func:`fit` finished in ``run_dir``: the record that training ended
+    (``trained.json``, see :func:`cifar_helpers.resume.training_ended`) is there,
+    with ``best.keras``. An interrupted run has no such record, whichever files it
+    left, and :func:`fit` resumes it. Introduced in notebook 06, which evaluates
+    only finished runs."""
     run_dir = Path(run_dir)
-    return (run_dir / "best.keras").is_file() and not (run_dir / "backup").exists()
+    return (
+        resume.training_ended(run_dir) is not None
+        and (run_dir / "best.keras").is_file()
+    )
 
 
 def read_history(path) -> dict:
     """A run's ``history.csv`` as ``{metric: [value per epoch]}``, resumed parts
-    included; ``{}`` when there is none yet. Missing values (``NA``) become NaN."""
+    included; ``{}`` when there is none yet. Missing values (``NA``) become NaN;
+    a row that is not numbers raises
+    :class:`~cifar_helpers.resume.DamagedRunError` naming the file and the row."""
     import csv
 
     path = Path(path)
     if not path.is_file():
         return {}
-    with open(path, newline="") as handle:
+    with open(path, newline="", errors="replace") as handle:
         rows = list(csv.DictReader(handle))
-    return {
-        key: [
-            float(row[key]) if row[key] not in ("", "NA") else float("nan")
-            for row in rows
-        ]
-        for key in (rows[0] if rows else {})
-        if key != "epoch"
-    }
+    history = {key: [] for key in (rows[0] if rows else {}) if key != "epoch"}
+    for number, row in enumerate(rows, 2):
+        for key, values in history.items():
+            text = row.get(key)
+            try:
+                values.append(float("nan") if text in ("", "NA") else float(text))
+            except (TypeError, ValueError):
+                raise resume.DamagedRunError(
+                    f"{path}, line {number}: {key} is {text!r}, not a number: the "
+                    "log is damaged. Mend that line, or train into another --out "
+                    "folder (this one is left as it is)."
+                ) from None
+    return history
 
 
 def make_reproducible(seed: int):

@@ -4,6 +4,7 @@ synthetic archive."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,17 +143,18 @@ def test_the_old_model_name_still_works_with_a_note(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "note: the model name 'seed_resnet' is now 'original_resnet'" in error
     assert "no-such-archive: no such file or folder" in error
-    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert not (tmp_path / "run" / "run.json").exists()  # nothing recorded
+
+
+def test_a_run_started_under_the_old_name_is_the_same_run(
+    finished_run, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    recorded = json.loads((out / "run.json").read_text())
     assert recorded["model"] == "original_resnet"
-
-
-def test_a_run_started_under_the_old_name_is_the_same_run(tmp_path, capsys):
-    settings = {"model": "seed_resnet", "data": "synthetic", "smoke": True}
-    settings |= {"epochs": 2, "strategy": "auto", "seed": None}
-    (tmp_path / "run.json").write_text(json.dumps(settings))
-    scores = {"test_accuracy": 0.5, "test_top5": 0.75, "test_loss": 2.0}
-    (tmp_path / "results.json").write_text(json.dumps(scores))
-    argv = ["train", "--model", "original_resnet", "--out", str(tmp_path), *SMOKE]
+    (out / "run.json").write_text(json.dumps({**recorded, "model": "seed_resnet"}))
+    argv = ["train", "--model", "original_resnet", "--out", str(out), *SMOKE]
     assert cli.main(argv) == 0
     assert "already holds a finished run" in capsys.readouterr().out
 
@@ -293,8 +295,9 @@ def test_an_unwritable_run_folder_gets_a_clear_error(tmp_path, monkeypatch, caps
         cli.main(["train", "--model", "baseline_cnn", "--out", str(out), *SMOKE]) == 1
     )
     error = capsys.readouterr().err
-    assert f"cannot write {out / 'run.json'}: Permission denied" in error
+    assert f"{out / 'run.json'}: Permission denied" in error
     assert "choose a folder you can write to" in error
+    assert not (out / "run.json").exists()
 
 
 def test_a_full_disk_mid_run_stops_cleanly_and_keeps_the_last_backup(

@@ -3,6 +3,7 @@ over from the interrupted one, and the Keras behaviours it relies on. A Keras
 release that changes one of them fails here by name, before the bitwise fault
 tests of tests/test_faults.py do."""
 
+import dataclasses
 import json
 
 import keras
@@ -83,6 +84,7 @@ def _interrupted_after(run_dir, epochs):
     (run_dir / "backup").mkdir()
     record = {"epoch": epochs, "batch": 0, "weights": f"epoch-{epochs}.weights.h5"}
     (run_dir / "backup" / "training_metadata.json").write_text(json.dumps(record))
+    (run_dir / "backup" / record["weights"]).write_bytes(b"weights")  # unread here
 
 
 def test_a_resume_keeps_the_checkpoints_best_score_from_before(tmp_path):
@@ -122,3 +124,77 @@ def test_a_new_run_starts_a_fresh_log_and_checkpoint(tmp_path):
     chosen = {type(c).__name__: c for c in training.callbacks(model, tmp_path)}
     assert chosen["AtomicCheckpoint"].best in (None, float("inf"))  # nothing to beat
     assert not chosen["CSVLogger"].append
+
+
+def _model():
+    return models.baseline_cnn(filters=(4, 4, 4, 4), hidden=8)
+
+
+def test_a_backup_that_commits_more_epochs_than_the_log_holds_is_refused(tmp_path):
+    _interrupted_after(tmp_path, 99)
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,4.0,3.5\n")
+    with pytest.raises(resume.DamagedRunError, match="commits 99 epoch.*logs 1"):
+        training.callbacks(_model(), tmp_path)
+
+
+def test_a_backup_that_commits_more_epochs_than_asked_is_refused(tmp_path):
+    _interrupted_after(tmp_path, 2)
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,4.0\n1,3.0\n")
+    recipe = dataclasses.replace(recipes.ORIGINAL, epochs=1)
+    with pytest.raises(resume.DamagedRunError, match="more than the 1 this run asks"):
+        training.callbacks(_model(), tmp_path, recipe)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated record", "training_metadata.json: cannot be read"),
+        ("empty record", "training_metadata.json: cannot be read"),
+        ("record of another kind", "not a backup record"),
+        ("weights missing", "epoch-1.weights.h5 is missing"),
+    ],
+)
+def test_a_damaged_backup_is_named_with_how_to_start_again(tmp_path, damage, message):
+    _interrupted_after(tmp_path, 1)
+    record = tmp_path / "backup" / "training_metadata.json"
+    if damage == "truncated record":
+        record.write_text(record.read_text()[:20])
+    elif damage == "empty record":
+        record.write_text("")
+    elif damage == "record of another kind":
+        record.write_text("[1, 2]")
+    else:
+        (tmp_path / "backup" / "epoch-1.weights.h5").unlink()
+    with pytest.raises(resume.DamagedRunError, match=message) as caught:
+        resume.committed_backup(tmp_path)
+    assert "train into another --out folder" in str(caught.value)
+
+
+def test_a_run_is_finished_only_when_its_record_says_so(tmp_path):
+    # What a run killed after its first epoch's checkpoint and log row, before the
+    # backup committed it, leaves: best.keras, a log row, no backup.
+    (tmp_path / "best.keras").write_bytes(b"a model")
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,4.0\n")
+    assert not training.run_finished(tmp_path)
+    (tmp_path / resume.TRAINED).write_text('{"epochs_run": 1, "epochs": 1}')
+    assert training.run_finished(tmp_path)
+    (tmp_path / resume.TRAINED).write_text('{"epochs_run": 1,')
+    with pytest.raises(resume.DamagedRunError, match="trained.json: cannot be read"):
+        training.run_finished(tmp_path)
+
+
+def test_a_fresh_start_deletes_the_records_of_an_earlier_end(tmp_path):
+    for record in (resume.TRAINED, resume.FINISHED):
+        (tmp_path / record).write_text("{}")
+    chosen = training.callbacks(_model(), tmp_path)
+    (end,) = [c for c in chosen if isinstance(c, resume.RecordTrainingEnd)]
+    end.on_train_begin()
+    assert not (tmp_path / resume.TRAINED).exists()
+    assert not (tmp_path / resume.FINISHED).exists()
+
+
+def test_a_damaged_log_row_is_named(tmp_path):
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,loss,val_loss\n0,4.0,3.5\n1,3.x,3.2\n")
+    with pytest.raises(resume.DamagedRunError, match="line 3: loss is '3.x'"):
+        training.read_history(log)

@@ -25,6 +25,7 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
         "StopOnNaN",
         "KeepProbSchedule",
         "TensorBoard",
+        "RecordTrainingEnd",
     }
     assert chosen["AtomicCheckpoint"].monitor == "val_loss"
     assert chosen["AtomicCheckpoint"].save_best_only
@@ -38,6 +39,8 @@ def test_every_callback_is_wired_to_the_validation_split(tmp_path):
     # The backup commits an epoch only after its checkpoint and log row are written.
     names = [type(c).__name__ for c in training.callbacks(model, tmp_path)]
     assert names.index("AtomicBackupAndRestore") == len(names) - 1
+    # The record that training ended is written before the backup is deleted.
+    assert names.index("RecordTrainingEnd") == len(names) - 2
 
 
 def test_a_model_without_dropblock_gets_no_keep_prob_schedule(tmp_path):
