@@ -104,6 +104,14 @@ def backup_record(backup_dir) -> dict | None:
     return record
 
 
+def drop_backup(run_dir):
+    """Delete the backup of a run whose training ended (``BackupAndRestore`` does
+    it as ``fit`` ends; a process killed at that moment leaves it behind)."""
+    import shutil
+
+    shutil.rmtree(Path(run_dir) / "backup", ignore_errors=True)
+
+
 def training_ended(run_dir) -> dict | None:
     """The record :class:`RecordTrainingEnd` wrote when training in ``run_dir``
     ended (``{"epochs_run": N, "epochs": asked}``), or None: training has not

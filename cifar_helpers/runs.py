@@ -280,6 +280,7 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
         start = time.perf_counter()
         if training.run_finished(run_dir):
             print(f"{run_dir}: training finished before; writing the results.")
+            resume.drop_backup(run_dir)  # left if killed just as training ended
         else:
             training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=verbose)
         wall = time.perf_counter() - start
@@ -309,11 +310,18 @@ def _save_outcome(run_dir: Path, settings: RunSettings, split, batch_size) -> di
     from cifar_helpers import inference, plots, training
 
     history = training.read_history(run_dir / "history.csv")
+    needed = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+    if missing := [column for column in needed if column not in history]:
+        raise resume.DamagedRunError(
+            f"{run_dir / 'history.csv'}: has no column {', '.join(missing)}; its "
+            "header row is damaged. Mend it (the columns are named in the rows of "
+            "history.json of any other run), or train into another --out folder."
+        )
     ended = resume.training_ended(run_dir)
-    if ended and len(history.get("loss", [])) != ended["epochs_run"]:
+    if ended and len(history["loss"]) != ended["epochs_run"]:
         raise resume.DamagedRunError(
             f"{run_dir}: {resume.TRAINED} records {ended['epochs_run']} epoch(s), but "
-            f"history.csv logs {len(history.get('loss', []))}: the files disagree. "
+            f"history.csv logs {len(history['loss'])}: the files disagree. "
             "Train into another --out folder."
         )
     # The run's result is its best validation model, whichever session found it.

@@ -9,9 +9,15 @@ cleanup, no ``finally``, as when a machine is preempted or a Colab session dies)
 - ``before-commit@E``: at the end of epoch E, after its best checkpoint and its
   log row are written, before the backup commits the epoch;
 - ``after-epoch@E``: at the end of epoch E, once everything is written;
+- ``term-after-epoch@E``: the same moment, with SIGTERM (what a stopping Colab
+  session or a preempted cloud machine sends) instead of SIGKILL;
 - ``in-backup@E``: halfway through writing epoch E's backup weights;
 - ``in-best@E``: halfway through writing the best checkpoint, at epoch E or later;
-- ``in-final@0``: halfway through writing ``model.keras`` after training.
+- ``in-final@0``: halfway through writing ``model.keras`` after training;
+- ``after-trained@0``: once training's end is recorded (``trained.json``), before
+  the backup is deleted;
+- ``before-finished@0``: once ``results.json`` is written, before
+  ``finished.json``.
 
 "Halfway" writes the file in full, cuts it to half its size, then kills: what a
 process killed mid-write leaves behind. Used by ``tests/test_faults.py``.
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import keras
 
-from cifar_helpers import cli, resume, training
+from cifar_helpers import atomic, cli, resume, training
 
 KIND, _, EPOCH = sys.argv[1].partition("@")
 EPOCH = int(EPOCH or 0)
@@ -65,8 +71,29 @@ def _at_epoch_end(original):
         original(self, epoch, logs)
         if KIND == "after-epoch" and epoch == EPOCH:
             _die()
+        if KIND == "term-after-epoch" and epoch == EPOCH:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
 
     return on_epoch_end
+
+
+def _after_trained(original):
+    def on_train_end(self, logs=None):
+        original(self, logs)
+        if KIND == "after-trained":
+            _die()
+
+    return on_train_end
+
+
+def _writing(original):
+    def write_text(path, text):
+        if KIND == "before-finished" and Path(path).name == resume.FINISHED:
+            _die()
+        original(path, text)
+
+    return write_text
 
 
 def _saving(original, kind, name_part):
@@ -79,6 +106,10 @@ def _saving(original, kind, name_part):
 
 
 training.callbacks = _with_clock(training.callbacks)
+resume.RecordTrainingEnd.on_train_end = _after_trained(
+    resume.RecordTrainingEnd.on_train_end
+)
+atomic.write_text = _writing(atomic.write_text)
 backup = resume.AtomicBackupAndRestore
 backup.on_epoch_end = _at_epoch_end(backup.on_epoch_end)
 keras.Model.save_weights = _saving(keras.Model.save_weights, "in-backup", "backup")

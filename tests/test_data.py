@@ -403,3 +403,88 @@ def test_a_damaged_cached_archive_is_set_aside_and_downloaded_again(tmp_path, of
     assert data.download_cifar100(cache_dir=tmp_path) == target
     assert target.read_bytes() == official.read_bytes()
     assert target.with_name(target.name + ".corrupt").exists()
+
+
+# ------------------------------------------------- hostile archives (issue 15)
+
+
+@pytest.mark.parametrize(
+    "member, edit, message",
+    [
+        (
+            "train",
+            lambda d: d.update({b"fine_labels": [v + 0.9 for v in d[b"fine_labels"]]}),
+            "'fine_labels' holds float64 values, not a list of whole numbers",
+        ),
+        (
+            "test",
+            lambda d: d.update({b"coarse_labels": ["x"] * len(d[b"coarse_labels"])}),
+            "'coarse_labels' holds <U1 values, not a list of whole numbers",
+        ),
+        (
+            "meta",
+            lambda d: d.update({b"fine_label_names": list(range(100))}),
+            "'fine_label_names' holds entries that are not names",
+        ),
+        (
+            "meta",
+            lambda d: d.update({b"fine_label_names": [b"x"] * 100}),
+            "'fine_label_names' names some class twice",
+        ),
+        (
+            "meta",
+            lambda d: d.update({b"coarse_label_names": 20}),
+            "'coarse_label_names' is a int, not a list of names",
+        ),
+        (
+            "train",
+            lambda d: d.update({b"data": [[1, 2], [3]]}),
+            "'data' is not an array",
+        ),
+    ],
+    ids=["float labels", "text labels", "int names", "same names", "no list", "ragged"],
+)
+def test_labels_and_names_of_the_wrong_type_are_not_cifar(
+    tmp_path, synthetic_archive, member, edit, message
+):
+    bad = _with_member(
+        tmp_path,
+        synthetic_archive,
+        member,
+        _edited_pickle(synthetic_archive, member, edit),
+    )
+    with pytest.raises(data.NotCifar100Error, match=message):
+        data.load_cifar100(bad)
+
+
+def test_a_member_that_declares_gigabytes_is_refused_before_it_is_read(tmp_path):
+    # A tar header declaring a 3 GiB member, as a 14 MB archive of zeros would: the
+    # size is checked when the header is read, before a byte of the member is.
+    info = tarfile.TarInfo("cifar-100-python/train")
+    info.size = 3 * 2**30
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(info.tobuf() + bytes(1 << 20)))
+    with pytest.raises(data.NotCifar100Error, match="3,221,225,472 bytes, more than"):
+        data.load_cifar100(bomb)
+    official_train_bytes = 50_000 * data.ROW_BYTES
+    assert 3 * official_train_bytes < data.MAX_MEMBER_BYTES  # well above the official
+
+
+def test_an_oversized_file_of_an_extracted_folder_is_refused(tmp_path, monkeypatch):
+    for member in data.MEMBERS:
+        (tmp_path / member).write_bytes(bytes(100))
+    monkeypatch.setattr(data, "MAX_MEMBER_BYTES", 99)
+    with pytest.raises(data.NotCifar100Error, match="100 bytes, more than"):
+        data.load_cifar100(tmp_path)
+
+
+def test_too_few_images_for_a_subset_is_a_dataset_error(cifar):
+    with pytest.raises(data.TooFewImagesError, match=r"\(test images\): per_class"):
+        data.stratified_subset(cifar, train_per_class=1, test_per_class=10**6)
+
+
+def test_a_cache_that_is_a_file_is_named_with_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "keras-home").write_text("not a folder")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    with pytest.raises(data.DatasetError, match="cannot be used as the data cache"):
+        data.load_cifar100("synthetic")

@@ -19,19 +19,26 @@ import numpy as np
 import pytest
 
 EPOCHS = 2
-# Two run folders, each killed at three moments in turn and then run to the end;
-# the two chains run side by side. Together they cover a kill mid-epoch, between
-# epochs, before an epoch's backup is committed, and halfway through writing the
-# best checkpoint, the backup and the final model.
+# Four run folders, each killed (or stopped) at three moments in turn and then run
+# to the end; the chains run side by side. Together they cover, in the first epoch
+# and in a later one, a kill mid-epoch, between epochs, before an epoch's backup is
+# committed, and halfway through writing the best checkpoint and the backup; then
+# a SIGTERM between epochs; and after training, a kill halfway through writing the
+# final model, between the record of training's end and the backup's deletion, and
+# between the results and the record that the run finished.
 CHAINS = {
     "a": ("in-best@0", "mid-epoch@1", "in-final@0", "none"),
     "b": ("after-epoch@0", "in-backup@1", "before-commit@1", "none"),
+    "e": ("before-commit@0", "mid-epoch@0", "after-trained@0", "none"),
+    "f": ("in-backup@0", "term-after-epoch@0", "before-finished@0", "none"),
 }
+TRAINING_DONE = ("in-final", "after-trained", "before-finished")
 # Two uninterrupted runs of the same seeded command, for reproducibility.
 TWINS = {"c": ("none",), "d": ("none",)}
 HALF_WRITTEN = {
     "in-best@0": "best.partial.keras",
     "in-backup@1": "epoch-2.partial.weights.h5",
+    "in-backup@0": "epoch-1.partial.weights.h5",
     "in-final@0": "model.partial.keras",
 }
 RUNNER = str(Path(__file__).with_name("fault_run.py"))
@@ -95,13 +102,18 @@ def test_each_kill_ends_the_process_and_each_rerun_resumes_where_it_stopped(
     for (fault, output, code, _), (_, next_output, _, _) in zip(
         stages, stages[1:], strict=False
     ):
-        assert code == -signal.SIGKILL, f"{fault} did not kill:\n{output[-2000:]}"
+        if fault.startswith("term"):  # stopped as Ctrl-C stops it: one clear line
+            assert code == 130, f"{fault}: exit {code}\n{output[-2000:]}"
+            assert "error: interrupted. The same command resumes" in output
+            assert "Traceback" not in output
+        else:
+            assert code == -signal.SIGKILL, f"{fault} did not kill:\n{output[-2000:]}"
         in_progress = _epochs_started(output)[-1]
         started = _epochs_started(next_output)
-        if fault.startswith("in-final"):  # training had finished: results only
+        if fault.startswith(TRAINING_DONE):  # training had finished: results only
             assert in_progress == EPOCHS - 1 and started == [], fault
             assert "training finished before" in next_output
-        elif fault.startswith("after-epoch"):  # the epoch was committed
+        elif fault.startswith(("after-epoch", "term-after-epoch")):  # committed
             assert started[0] == in_progress + 1, (fault, started)
         else:  # the interrupted epoch runs again: at most one epoch lost
             assert started[0] == in_progress, (fault, started)
@@ -133,6 +145,8 @@ def test_the_finished_run_is_complete_loadable_and_clean(chains, chain):
     model = keras.saving.load_model(out / "model.keras")
     assert model.output_shape == (None, 100)
     assert _partials(out) == [] and not (out / "backup").exists()
+    assert json.loads((out / "trained.json").read_text())["epochs_run"] == EPOCHS
+    assert (out / "finished.json").is_file()
 
 
 def _weights(out):

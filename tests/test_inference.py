@@ -255,3 +255,93 @@ def test_images_of_the_wrong_shape_or_dtype_are_refused_with_the_fix(
 
     with pytest.raises(ValueError, match=message):
         evaluation.predict(tiny_model, images)
+
+
+# ------------------------------------------------ hostile inputs (issue 15)
+
+
+def _png_declaring(path, width, height):
+    """A tiny PNG file whose header declares ``width x height`` grey pixels (the
+    pixel data is never decoded: the size is refused first)."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        crc = struct.pack(">I", zlib.crc32(kind + payload))
+        return struct.pack(">I", len(payload)) + kind + payload + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(64)))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "side, why",
+    [(12000, "exceeds limit"), (9000, "is more than the 64,000,000")],
+    ids=["Pillow's warning band", "this module's stricter limit"],
+)
+def test_an_image_declaring_too_many_pixels_is_refused_unread(tmp_path, side, why):
+    path = _png_declaring(tmp_path / "huge.png", side, side)
+    with pytest.raises(inference.ImageError, match=f"huge.png: too large.*{why}"):
+        inference.read_image(path)
+
+
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(inference.ImageError, match="pipe.png: not a regular file"):
+        inference.read_image(fifo)
+
+
+def test_thirty_two_bit_integer_grey_is_clipped_not_wrapped(tmp_path):
+    values = np.array([[200_000, -5], [65_535, 0]], dtype=np.int32)
+    path = tmp_path / "deep.tif"
+    Image.fromarray(values, mode="I").save(path)
+    pixels = inference.to_cifar(Image.open(path), size=2)
+    assert pixels[..., 0].tolist() == [[255, 0], [255, 0]]  # white, black: clipped
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('["cat", "do', "classes.json: cannot be read"),
+        ("", "classes.json: cannot be read"),
+        (json.dumps("x" * 3), "classes.json: not a list of names"),
+        (json.dumps([0, 1, 2]), "classes.json: not a list of names"),
+        (json.dumps(["cat", "cat", "dog"]), "some class names appear twice"),
+    ],
+    ids=["truncated", "empty", "one string", "integers", "repeated"],
+)
+def test_a_damaged_classes_json_is_named(tmp_path, content, message):
+    (tmp_path / "classes.json").write_text(content)
+    with pytest.raises(inference.ModelError, match=message):
+        inference.class_names(tmp_path, 3)
+
+
+def test_a_damaged_or_foreign_keras_file_is_named(tiny_model, tmp_path):
+    text = tmp_path / "notes.keras"
+    text.write_text("not a model")
+    with pytest.raises(inference.ModelError, match="notes.keras: not a Keras model"):
+        inference.load_model(text)
+    whole = tmp_path / "whole.keras"
+    tiny_model.save(whole)
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(inference.ModelError, match="cut.keras: not a Keras model"):
+        inference.load_model(cut)
+    (tmp_path / "empty.keras").write_bytes(b"")
+    with pytest.raises(inference.ModelError, match="empty.keras: not a Keras model"):
+        inference.load_classifier(tmp_path / "empty.keras")
+
+
+def test_a_garbage_saved_model_is_named(tmp_path):
+    (tmp_path / "saved_model.pb").write_bytes(b"\x00garbage\xff" * 10)
+    with pytest.raises(inference.ModelError, match="the SavedModel cannot be loaded"):
+        inference.load_classifier(tmp_path)
