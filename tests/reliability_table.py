@@ -54,9 +54,41 @@ ROWS = [
     ),
     (
         None,
+        "killed in the first epoch: mid-epoch, halfway through its backup, or after "
+        "its checkpoint and log row but before its backup committed",
+        "never reported finished: no epoch was committed, so the rerun starts "
+        "again and trains every epoch asked for",
+        "test_faults",
+        [
+            "test_each_kill_ends_the_process_and_each_rerun_resumes_where_it_stopped",
+            "test_resume::test_a_run_is_finished_only_when_its_record_says_so",
+        ],
+    ),
+    (
+        None,
+        "stopped with SIGTERM (a stopping Colab session, a preempted machine) or "
+        "Ctrl-C",
+        "one line, `error: interrupted. The same command resumes ...`, exit status "
+        "130; the last committed epoch is kept and the rerun resumes after it",
+        "test_faults",
+        ["test_each_kill_ends_the_process_and_each_rerun_resumes_where_it_stopped"],
+    ),
+    (
+        None,
+        "killed after training ended: halfway through writing `model.keras`, "
+        "between the record that training ended and the backup's deletion, or "
+        "between `results.json` and `finished.json`",
+        "the rerun trains nothing, writes the results again and then "
+        "`finished.json`; the stale backup is deleted",
+        "test_faults",
+        ["test_each_kill_ends_the_process_and_each_rerun_resumes_where_it_stopped"],
+    ),
+    (
+        None,
         "any of the kills above, then the same command",
         "the run ends with a loadable `model.keras`, one log row per epoch, "
-        "`results.json` counting every epoch, no partial file and no backup left",
+        "`results.json` counting every epoch, `trained.json` and `finished.json`, "
+        "no partial file and no backup left",
         "test_faults",
         ["test_the_finished_run_is_complete_loadable_and_clean"],
     ),
@@ -73,6 +105,121 @@ ROWS = [
         "deleted when training starts; never read",
         "test_resume",
         ["test_partial_files_of_a_killed_save_are_removed_and_never_read"],
+    ),
+    (
+        "Damaged and inconsistent run folders (`tests/test_run_folder.py`: the "
+        "`train`, `evaluate` and `predict` commands)",
+        "a finished run folder with `run.json`, `results.json` or `finished.json` "
+        "truncated or empty, or `run.json` naming an unknown model",
+        "exit status 1, one line naming the file, what is wrong and the fix; never "
+        "the old scores with status 0",
+        "test_run_folder",
+        ["test_a_damaged_finished_run_is_named_never_reported"],
+    ),
+    (
+        None,
+        "`model.keras` and `best.keras` deleted, `results.json` kept",
+        "exit status 1: `finished.json` records a finished run but `model.keras` is "
+        "missing, so its results cannot be trusted",
+        "test_run_folder",
+        ["test_a_damaged_finished_run_is_named_never_reported"],
+    ),
+    (
+        None,
+        "an interrupted run with a damaged log row or header, a truncated or empty "
+        "backup record, its weights file missing or truncated, a backup naming more "
+        "epochs than the log holds (or than the run asks for), a truncated "
+        "`best.keras`",
+        "exit status 1, one line naming the file and what is wrong, and how to start "
+        "again (another `--out`); nothing is reported finished",
+        "test_run_folder",
+        [
+            "test_a_damaged_interrupted_run_is_named_with_how_to_go_on",
+            "test_resume::test_a_damaged_backup_is_named_with_how_to_start_again",
+            "test_resume::test_a_backup_that_commits_more_epochs_than_the_log_holds_is_refused",
+            "test_resume::test_a_backup_that_commits_more_epochs_than_asked_is_refused",
+            "test_resume::test_a_damaged_log_row_is_named",
+        ],
+    ),
+    (
+        None,
+        "`backup/` deleted in the middle of a run",
+        "no committed epoch is left: the rerun says so, starts again and trains "
+        "every epoch asked for",
+        "test_run_folder",
+        ["test_a_run_whose_backup_was_deleted_starts_again_and_trains_every_epoch"],
+    ),
+    (
+        None,
+        "a truncated `model.keras` or `classes.json` of a finished run",
+        "`evaluate` and `predict` exit with status 1, one line naming the file",
+        "test_run_folder",
+        ["test_evaluate_and_predict_name_a_damaged_model"],
+    ),
+    (
+        None,
+        "`evaluate` on a run that has not finished",
+        "exit status 2: no `finished.json`, and how to finish the run",
+        "test_run_folder",
+        ["test_evaluate_refuses_a_run_that_has_not_finished"],
+    ),
+    (
+        "Starts that fail, and two processes at once",
+        "a start that fails on its data (a bad path), seed or strategy",
+        "nothing is recorded: `run.json` is written only once the settings, data, "
+        "seed and strategy are checked, so the corrected command can use the folder",
+        "test_run_folder",
+        [
+            "test_a_start_that_fails_on_its_data_records_nothing",
+            "test_cli::test_the_old_model_name_still_works_with_a_note",
+            "test_cli::test_a_strategy_this_machine_lacks_is_refused",
+            "test_run_settings_refuse_values_of_the_wrong_kind",
+        ],
+    ),
+    (
+        None,
+        "a folder whose run never committed an epoch, with other settings",
+        "nothing is lost: it says so and starts again with the new settings",
+        "test_run_folder",
+        ["test_a_folder_whose_run_never_committed_an_epoch_takes_other_settings"],
+    ),
+    (
+        None,
+        "`--out` that is a file, under a file, under `/proc`, or too long a name",
+        "one line (exit status 2 for a file, 1 otherwise) naming the path and the "
+        "reason; an existing file is left untouched",
+        "test_run_folder",
+        [
+            "test_an_out_that_is_a_file_is_a_usage_error",
+            "test_an_out_that_cannot_be_a_folder_is_one_line",
+        ],
+    ),
+    (
+        None,
+        "`KERAS_HOME` (the data cache) that is a file",
+        "`DatasetError` (exit status 1) naming the folder and how to set it",
+        "test_data",
+        ["test_a_cache_that_is_a_file_is_named_with_the_fix"],
+    ),
+    (
+        None,
+        "a bad `CIFAR_SMOKE` with each subcommand",
+        "`train`, which reads it, stops with one line (exit status 2); `evaluate`, "
+        "`predict` and `export` do not read it and work",
+        "test_run_folder",
+        ["test_a_bad_cifar_smoke_troubles_only_the_command_that_reads_it"],
+    ),
+    (
+        None,
+        "two `train` processes on one run folder",
+        "the second is refused at once (exit status 1), naming the process that "
+        "holds the folder's lock; a lock left by a dead process (SIGKILL) never "
+        "blocks, also where the file system cannot lock",
+        "test_run_folder",
+        [
+            "test_a_second_train_on_a_folder_in_use_is_refused_naming_the_process",
+            "test_where_flock_is_missing_a_live_process_id_still_locks",
+        ],
     ),
     (
         "Reproducibility (`--seed N`: seeded, deterministic operations; CPU)",
@@ -191,6 +338,76 @@ ROWS = [
             "test_a_pickle_that_would_run_code_is_refused",
             "test_rows_of_the_wrong_size_are_reported",
         ],
+    ),
+    (
+        None,
+        "an archive member declaring gigabytes (a small gzip of zeros), or an "
+        "oversized file in an extracted folder",
+        "refused from its header, before a byte is read: `NotCifar100Error` naming "
+        "the member and its size (the cap, 512 MiB, is over three times the largest "
+        "official member)",
+        "test_data",
+        [
+            "test_a_member_that_declares_gigabytes_is_refused_before_it_is_read",
+            "test_an_oversized_file_of_an_extracted_folder_is_refused",
+        ],
+    ),
+    (
+        None,
+        "labels that are not whole numbers (floats would be truncated), names that "
+        "are not text, repeated class names, arrays of the wrong kind",
+        "`NotCifar100Error` naming the member and the key",
+        "test_data",
+        ["test_labels_and_names_of_the_wrong_type_are_not_cifar"],
+    ),
+    (
+        None,
+        "an archive with too few images for a subset or a split",
+        "`TooFewImagesError` (a `DatasetError`) naming the data and the class; "
+        "`train --smoke` exits with one line, status 1",
+        "test_data",
+        [
+            "test_too_few_images_for_a_subset_is_a_dataset_error",
+            "test_run_folder::test_too_few_images_for_the_smoke_subset_is_one_line",
+        ],
+    ),
+    (
+        None,
+        "a `classes.json` that is truncated, empty, one string, numbers, or repeats "
+        "a name",
+        "`ModelError` naming the file; never classes all named after one letter",
+        "test_inference",
+        ["test_a_damaged_classes_json_is_named"],
+    ),
+    (
+        None,
+        "a truncated `.keras` file, a text file named `.keras`, a garbage "
+        "`saved_model.pb`",
+        '`ModelError` naming the file (not Keras\' misleading "File not found")',
+        "test_inference",
+        [
+            "test_a_damaged_or_foreign_keras_file_is_named",
+            "test_a_garbage_saved_model_is_named",
+        ],
+    ),
+    (
+        None,
+        "an image declaring too many pixels (a 420 KB PNG of 12000 x 12000), a FIFO "
+        "given as an image",
+        "`ImageError` before any pixel is decoded (over 64 megapixels, or in "
+        "Pillow's warning band); a FIFO is never opened, so nothing hangs",
+        "test_inference",
+        [
+            "test_an_image_declaring_too_many_pixels_is_refused_unread",
+            "test_a_fifo_is_refused_without_opening_it",
+        ],
+    ),
+    (
+        None,
+        "a 32-bit integer image with values beyond 16 bits",
+        "clipped to white (and negatives to black), not wrapped around",
+        "test_inference",
+        ["test_thirty_two_bit_integer_grey_is_clipped_not_wrapped"],
     ),
     (
         None,

@@ -188,6 +188,7 @@ def test_a_strategy_this_machine_lacks_is_refused(tmp_path, capsys):
     argv = ["train", "--model", "resnet9", "--out", str(tmp_path), "--strategy", "tpu"]
     assert cli.main([*argv, *SMOKE]) == 1
     assert "no TPU found" in capsys.readouterr().err
+    assert not (tmp_path / "run.json").exists()  # the corrected command can use it
 
 
 # A fresh Python: the exported SavedModel (with TensorFlow alone), its TF Lite
