@@ -174,9 +174,13 @@ def _finished(run_dir: Path) -> dict | None:
             f"be trusted. {again}"
         )
     results = resume.read_json(run_dir / RESULTS, "the run's test scores", again)
-    if not isinstance(results, dict) or "test_accuracy" not in results:
+    scores = ("test_accuracy", "test_top5", "test_loss")
+    if not isinstance(results, dict) or not all(
+        isinstance(results.get(key), int | float) for key in scores
+    ):
         raise resume.DamagedRunError(
-            f"{run_dir / RESULTS}: holds no test scores. {again}"
+            f"{run_dir / RESULTS}: does not hold the test scores "
+            f"({', '.join(scores)}). {again}"
         )
     return results
 
@@ -214,7 +218,15 @@ def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | Non
         and not (finished or backup or ended)
         and resume.logged_epochs(run_dir / "history.csv")
     ):
-        say(f"{run_dir}: no committed epoch to resume; training starts again.")
+        legacy = (
+            f" (its {RESULTS} has no {FINISHED} beside it: the run never recorded "
+            "that it finished, as no run before cifar_helpers 0.2.1 did)"
+            if (run_dir / RESULTS).is_file()
+            else ""
+        )
+        say(
+            f"{run_dir}: no committed epoch to resume{legacy}; training starts again."
+        )
     if ended and not finished and not (run_dir / "best.keras").is_file():
         raise resume.DamagedRunError(
             f"{run_dir}: {resume.TRAINED} records that training ended, but best.keras "

@@ -110,7 +110,8 @@ ROWS = [
         "Damaged and inconsistent run folders (`tests/test_run_folder.py`: the "
         "`train`, `evaluate` and `predict` commands)",
         "a finished run folder with `run.json`, `results.json` or `finished.json` "
-        "truncated or empty, or `run.json` naming an unknown model",
+        "truncated or empty, `results.json` without its scores, or `run.json` "
+        "naming an unknown model",
         "exit status 1, one line naming the file, what is wrong and the fix; never "
         "the old scores with status 0",
         "test_run_folder",

@@ -82,6 +82,10 @@ FINISHED_DAMAGE = {
         lambda r: _cut(r / "results.json"),
         "results.json: cannot be read",
     ),
+    "results.json without scores": (
+        lambda r: (r / "results.json").write_text('{"test_accuracy": "high"}'),
+        "results.json: does not hold the test scores",
+    ),
     "finished.json truncated": (
         lambda r: (r / "finished.json").write_text('{"files'),
         "finished.json: cannot be read",
