@@ -224,9 +224,7 @@ def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | Non
             if (run_dir / RESULTS).is_file()
             else ""
         )
-        say(
-            f"{run_dir}: no committed epoch to resume{legacy}; training starts again."
-        )
+        say(f"{run_dir}: no committed epoch to resume{legacy}; training starts again.")
     if ended and not finished and not (run_dir / "best.keras").is_file():
         raise resume.DamagedRunError(
             f"{run_dir}: {resume.TRAINED} records that training ended, but best.keras "
