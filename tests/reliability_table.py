@@ -197,10 +197,13 @@ ROWS = [
     ),
     (
         None,
-        "`KERAS_HOME` (the data cache) that is a file",
+        "`KERAS_HOME` (the data cache) that is a file or cannot be written",
         "`DatasetError` (exit status 1) naming the folder and how to set it",
         "test_data",
-        ["test_a_cache_that_is_a_file_is_named_with_the_fix"],
+        [
+            "test_a_cache_that_is_a_file_is_named_with_the_fix",
+            "test_a_cache_that_cannot_be_written_is_named_with_the_fix",
+        ],
     ),
     (
         None,

@@ -488,3 +488,12 @@ def test_a_cache_that_is_a_file_is_named_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     with pytest.raises(data.DatasetError, match="cannot be used as the data cache"):
         data.load_cifar100("synthetic")
+
+
+def test_a_cache_that_cannot_be_written_is_named_with_the_fix(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for non-root
+    with pytest.raises(data.DatasetError, match=r"\(Permission denied\). Point KERAS_HOME"):
+        data.load_cifar100("synthetic")
