@@ -51,13 +51,11 @@ def write_text(path, text: str):
 
 
 def remove_partials(folder) -> list[Path]:
-    """Delete the partial files a killed process left in ``folder`` and below;
-    returns them."""
+    """Delete the partial files a killed process left in ``folder`` (not in the
+    folders below it); returns them."""
     folder = Path(folder)
     stale = (
-        [p for p in folder.rglob(f"*{MARK}.*") if p.is_file()]
-        if folder.is_dir()
-        else []
+        [p for p in folder.glob(f"*{MARK}.*") if p.is_file()] if folder.is_dir() else []
     )
     for path in stale:
         path.unlink()

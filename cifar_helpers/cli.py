@@ -23,6 +23,7 @@ Each of these errors is one line on standard error.
 
 import argparse
 import errno
+import os
 import shlex
 import signal
 import sys
@@ -205,16 +206,30 @@ def _export(args) -> int:
 def main(argv=None, prog: str = "cifar-helpers") -> int:
     """Run one command and return its exit status (see the module's docstring);
     argparse's usage errors and ``--help`` exit through ``SystemExit`` (2 and 0).
-    While it runs, SIGTERM (what a stopping Colab session or a preempted cloud
-    machine sends) interrupts it as Ctrl-C does."""
+    From its first line, SIGTERM (what a stopping Colab session or a preempted
+    cloud machine sends) interrupts it as Ctrl-C does."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(prog).parse_args(argv)
-    previous = _on_sigterm_interrupt()
+    restore = _on_sigterm_interrupt()
     try:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        if backend != "tensorflow":
+            return _error(
+                f"KERAS_BACKEND={backend!r}: the series' models and training run on "
+                "TensorFlow; unset KERAS_BACKEND or set it to tensorflow.",
+                status=2,
+            )
+        args = _parser(prog).parse_args(argv)
         return _run(args, argv, prog)
+    except KeyboardInterrupt:
+        return _error("interrupted before anything was written.", status=130)
+    except ImportError as error:
+        return _error(
+            f"cannot import what the package needs ({error}); reinstall it with "
+            "`pip install -e .` in the repository (or `make install`).",
+            status=1,
+        )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 def _run(args, argv, prog) -> int:
@@ -251,42 +266,88 @@ def _run(args, argv, prog) -> int:
             status=130,
         )
     except OSError as error:
-        return _error(_os_error(error), status=1)
+        return _error(_os_error(error, args.command), status=1)
 
 
-def _os_error(error: OSError) -> str:
+def _os_error(error: OSError, command: str) -> str:
     """One line for a file-system failure: the path, the system's reason, a fix."""
     where = error.filename or "a file"
     reason = error.strerror or str(error)
     if error.errno in _UNWRITABLE:
-        fix = "Free some disk space or choose a folder you can write to"
+        fix = "Free some disk space or choose a folder you can write to."
+        if command == "train":
+            fix += (
+                " Every file written before is whole (written atomically), and the "
+                "same command resumes the run from its last committed epoch."
+            )
     elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        fix = (
-            "A file stands where a folder is needed (or the reverse): use another path"
-        )
+        fix = "A file (or a broken link) stands where a folder is needed: use "
+        fix += "another path."
     elif error.errno == errno.ENAMETOOLONG:
-        fix = "Choose a shorter path"
+        fix = "Choose a shorter path."
     else:
-        fix = "Check the path"
-    return (
-        f"{where}: {reason}. {fix}. Every file written before is whole (written "
-        "atomically), and the same command resumes a run from its last committed "
-        "epoch."
-    )
+        fix = "Check the path."
+    return f"{where}: {reason}. {fix}"
+
+
+# How long an interrupted command may take to stop before it is ended outright:
+# Python handles a signal only between its own steps, and TensorFlow can block
+# for good in native code (a multi-worker cluster waiting for a missing peer).
+STOP_GRACE_SECONDS = 30
 
 
 def _on_sigterm_interrupt():
     """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does (training stops, its
-    last committed epoch kept); returns the handler it replaced (None when this is
-    not the main thread, where Python cannot set handlers)."""
+    last committed epoch kept), and end the process if, after SIGTERM or Ctrl-C,
+    it has not stopped within :data:`STOP_GRACE_SECONDS`. Returns the function that
+    puts everything back (it does nothing off the main thread, where Python cannot
+    set handlers)."""
+    import select
+    import socket
+    import threading
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:
-        return None
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        return lambda: None
+    # The C-level handler writes each signal's number to this socket at once, even
+    # while the main thread is blocked; the watchdog thread reads it there.
+    receive, send = socket.socketpair()
+    send.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    finished = threading.Event()
+
+    def watchdog():
+        while not finished.is_set():
+            if not select.select([receive], [], [], 0.2)[0]:
+                continue
+            stopping = {signal.SIGTERM, signal.SIGINT} & set(receive.recv(64))
+            if stopping and not finished.wait(STOP_GRACE_SECONDS):
+                print(
+                    f"error: interrupted, and still busy after {STOP_GRACE_SECONDS} "
+                    "s (blocked in TensorFlow); stopped outright. Files are whole "
+                    "(written atomically), and `train` resumes from its last "
+                    "committed epoch.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(130)
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+
+    def restore():
+        finished.set()
+        thread.join()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, previous)
+        send.close()
+        receive.close()
+
+    return restore
 
 
 def _error(message, *, status: int) -> int:

@@ -214,7 +214,14 @@ def load_model(path):
     """The Keras model at ``path`` (a ``.keras`` file, or a run or export folder
     holding ``model.keras``) without its training state, and its class names:
     ``(model, names)``."""
-    file = _keras_file(Path(path))
+    path = Path(path)
+    if (path / "run.json").is_file() and not (path / "finished.json").is_file():
+        raise ModelError(
+            f"{path}: a run folder whose run has not finished (no finished.json), so "
+            "any model.keras there is not its result. Finish it first: run the same "
+            "`train` command again."
+        )
+    file = _keras_file(path)
     if file is None:
         raise ModelError(
             f"{path}: no Keras model here. Give a .keras file, or the --out folder "

@@ -56,19 +56,25 @@ def _start_again(run_dir) -> str:
 
 
 def read_json(path: Path, what: str, fix: str):
-    """The JSON document at ``path``, or None when there is none; a truncated or
-    unreadable one raises :class:`DamagedRunError` saying ``what`` it held and
-    ``fix``."""
+    """The JSON object (a dict) at ``path``, or None when there is no file; a
+    truncated or unreadable one, or one that is not an object, raises
+    :class:`DamagedRunError` saying ``what`` it should hold and ``fix``."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise DamagedRunError(
             f"{path}: cannot be read ({type(error).__name__}: {error}); it should "
             f"hold {what}. {fix}"
         ) from None
+    if not isinstance(record, dict):
+        raise DamagedRunError(
+            f"{path}: holds {json.dumps(record)[:40]}, not a JSON object; it should "
+            f"hold {what}. {fix}"
+        )
+    return record
 
 
 def committed_backup(run_dir) -> dict | None:
@@ -86,14 +92,19 @@ def backup_record(backup_dir) -> dict | None:
     record = read_json(path, "the epoch the backup committed", _start_again(run_dir))
     if record is None:
         return None
-    epoch, weights = (
-        (record.get("epoch"), record.get("weights"))
-        if isinstance(record, dict)
-        else (None, None)
-    )
-    if not isinstance(epoch, int) or epoch < 0 or not isinstance(weights, str):
+    fields = record if isinstance(record, dict) else {}
+    epoch, weights = fields.get("epoch"), fields.get("weights")
+    states = fields.get("random_states")
+    if (
+        type(epoch) is not int
+        or epoch < 0
+        or not isinstance(weights, str)
+        or Path(weights).name != weights  # a file of the backup folder, no path
+        or not isinstance(states, list)
+    ):
         raise DamagedRunError(
-            f"{path}: not a backup record (no epoch and weights file in it). "
+            f"{path}: not a backup record (an epoch, the name of a weights file in "
+            "the backup folder and the random generators' states). "
             + _start_again(run_dir)
         )
     if not (path.parent / weights).is_file():
@@ -122,10 +133,14 @@ def training_ended(run_dir) -> dict | None:
         "Delete it, and the same command resumes the run from its backup (or, "
         "with none, starts it again).",
     )
-    if record is not None and not isinstance(record, dict):
+    if record is not None and not (
+        isinstance(record, dict)
+        and all(type(record.get(key)) is int for key in ("epochs_run", "epochs"))
+    ):
         raise DamagedRunError(
-            f"{Path(run_dir) / TRAINED}: not a record of training's end. Delete "
-            "it, and the same command resumes or starts the run again."
+            f"{Path(run_dir) / TRAINED}: not a record of training's end (the "
+            "epochs run and asked for). Delete it, and the same command resumes the "
+            "run from its backup (or, with none, starts it again)."
         )
     return record
 
@@ -149,7 +164,8 @@ def prepare(run_dir, epochs: int | None = None) -> dict | None:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.remove_partials(run_dir)
+    for folder in (run_dir, run_dir / "backup"):  # where partial files are written
+        atomic.remove_partials(folder)
     backup = committed_backup(run_dir)
     history = run_dir / "history.csv"
     if backup is None:
@@ -177,7 +193,8 @@ def trim_history(path: Path, epochs: int):
     the resumed run logs again (and perhaps a half-written last line)."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
+    # A half-written last row may end inside a multi-byte character.
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
     kept = lines[: 1 + epochs]
     if len(kept) > 1 and not kept[-1].endswith("\n"):
         kept = kept[:-1]  # a half-written row
@@ -286,8 +303,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             ) from None
         states, saved = random_states(self.model), record["random_states"]
         if len(saved) == len(states):
-            for variable, value in zip(states, saved, strict=True):
-                variable.assign(value)
+            try:
+                for variable, value in zip(states, saved, strict=True):
+                    variable.assign(value)
+            except Exception as error:  # values of the wrong shape or type
+                raise DamagedRunError(
+                    f"{backup / 'training_metadata.json'}: its random generators' "
+                    f"states do not fit this model ({type(error).__name__}). "
+                    + _start_again(backup.parent)
+                ) from None
         else:
             warnings.warn(
                 f"{self.backup_dir}: the backup holds {len(saved)} random-generator "

@@ -123,27 +123,37 @@ class RunSettings:
         )
 
     def known_as(self) -> "RunSettings":
-        """These settings under the model's current name (a run started under an
-        old name resumes under the new one)."""
+        """These settings as a run compares them: the model under its current name
+        (a run started under an old name resumes under the new one), the epochs the
+        recipe resolves to, a data path made absolute."""
         from cifar_helpers.models import ALIASES
 
-        return dataclasses.replace(self, model=ALIASES.get(self.model, self.model))
+        data = self.data
+        if data is not None and data != "synthetic":
+            data = str(Path(data).expanduser().absolute())
+        renamed = dataclasses.replace(
+            self, model=ALIASES.get(self.model, self.model), data=data
+        )
+        return dataclasses.replace(renamed, epochs=renamed.recipe().epochs)
+
+
+ANOTHER_FOLDER = "Train into another --out folder (this one is left as it is)."
+# What a run folder may hold besides the outcome; a folder holding none of these
+# and not empty is not a run folder.
+RUN_FILES = {*OUTCOME, FINISHED, resume.TRAINED, "best.keras", "history.csv"}
+RUN_FILES |= {"backup", "logs", "curves.png", "workers", ".lock"}
 
 
 def _recorded(run_dir: Path) -> RunSettings | None:
     """The settings ``run.json`` records, or None when there is none."""
-    from cifar_helpers import resume
-
     path = run_dir / RUN_FILE
-    fix = (
-        "If you are sure that this command started the run, delete it and run the "
-        "command again (it records the settings anew and resumes); otherwise train "
-        "into another --out folder."
-    )
+    fix = "Without them, no command can be checked against this run. " + ANOTHER_FOLDER
     recorded = resume.read_json(path, "the run's settings", fix)
     if recorded is None:
         return None
     try:
+        if not isinstance(recorded, dict):
+            raise TypeError(f"a {type(recorded).__name__}, not a record of settings")
         return RunSettings(**recorded)
     except (TypeError, RunError) as error:
         raise resume.DamagedRunError(
@@ -151,73 +161,110 @@ def _recorded(run_dir: Path) -> RunSettings | None:
         ) from None
 
 
+def _rewrite_advice(run_dir: Path) -> str:
+    """How to get the results of a run whose outcome files are damaged."""
+    try:
+        ended = resume.training_ended(run_dir)
+    except resume.DamagedRunError:
+        ended = None
+    if ended and (run_dir / "best.keras").is_file() and (run_dir / RUN_FILE).is_file():
+        return (
+            f"Delete {run_dir / FINISHED}, and the same command writes the results "
+            "again from best.keras; or train into another --out folder."
+        )
+    return ANOTHER_FOLDER
+
+
 def _finished(run_dir: Path) -> dict | None:
     """The results of the finished run in ``run_dir``, or None when its run has not
     finished; :class:`~cifar_helpers.resume.DamagedRunError` when the record says
     finished and the files disagree."""
-    from cifar_helpers import resume
-
-    again = (
-        f"Delete {run_dir / FINISHED}, and the same command writes the results again "
-        "from best.keras; or train into another --out folder."
-    )
+    advice = _rewrite_advice(run_dir)
     record = resume.read_json(
-        run_dir / FINISHED, "the record that the run finished", again
+        run_dir / FINISHED, "the record that the run finished", advice
     )
     if record is None:
         return None
-    missing = [name for name in OUTCOME if not (run_dir / name).is_file()]
+    listed = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        raise resume.DamagedRunError(
+            f"{run_dir / FINISHED}: not a record of a finished run (it lists no "
+            f"files). {advice}"
+        )
+    missing = [
+        name
+        for name in dict.fromkeys([*OUTCOME, *listed])
+        if "/" in name or not (run_dir / name).is_file()
+    ]
     if missing:
         raise resume.DamagedRunError(
             f"{run_dir}: {FINISHED} records a finished run, but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} missing, so its results cannot "
-            f"be trusted. {again}"
+            f"be trusted. {advice}"
         )
-    results = resume.read_json(run_dir / RESULTS, "the run's test scores", again)
+    results = resume.read_json(run_dir / RESULTS, "the run's test scores", advice)
     scores = ("test_accuracy", "test_top5", "test_loss")
     if not isinstance(results, dict) or not all(
-        isinstance(results.get(key), int | float) for key in scores
+        type(results.get(key)) in (int, float) for key in scores
     ):
         raise resume.DamagedRunError(
             f"{run_dir / RESULTS}: does not hold the test scores "
-            f"({', '.join(scores)}). {again}"
+            f"({', '.join(scores)}). {advice}"
         )
     return results
+
+
+def _check_out(out) -> Path:
+    """``out`` as a run folder path, or :class:`RunError` when it cannot be one."""
+    if not str(out).strip():
+        raise RunError("--out is empty: give the name of a new folder for the run.")
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(
+            f"--out {run_dir}: a file, not a folder; give the name of a new folder "
+            "(or of a run folder to resume)."
+        )
+    if run_dir.is_dir():
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        if foreign and not (run_dir / RUN_FILE).is_file():
+            raise RunError(
+                f"--out {run_dir}: a folder that holds other files ("
+                f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}) and "
+                "no run; give the name of a new or empty folder."
+            )
+    return run_dir
 
 
 def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | None:
     """Check that ``run_dir`` can take the run ``settings`` describe, without
     writing anything (``say`` prints what a start will do); return its results
     when that run has finished there."""
-    from cifar_helpers import resume
-
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(
-            f"--out {run_dir}: a file, not a folder; give the name of a new folder "
-            "(or of a run folder to resume)."
-        )
     if not run_dir.is_dir():
         return None
     previous = _recorded(run_dir)
     finished = _finished(run_dir)
     backup, ended = resume.committed_backup(run_dir), resume.training_ended(run_dir)
+    committed = finished is not None or backup is not None or ended is not None
+    if previous is None and committed:
+        raise resume.DamagedRunError(
+            f"{run_dir}: holds a run that committed epochs, but its {RUN_FILE} (the "
+            "settings a resume must repeat) is missing, so no command can be checked "
+            "against it. " + ANOTHER_FOLDER
+        )
     if previous is not None and previous.known_as() != settings.known_as():
         asked, held = dataclasses.asdict(settings), dataclasses.asdict(previous)
-        if finished is not None or backup is not None or ended is not None:
+        if committed:
+            again = "see its results" if finished else "resume that run"
             raise RunError(
                 f"{run_dir} holds a run with other settings ({held}); this command "
                 f"asks for {asked}. Use another --out folder, or repeat the original "
-                "command to resume that run."
+                f"command to {again}."
             )
         say(
             f"{run_dir}: the run started there with other settings ({held}) never "
             "committed an epoch, so nothing is lost: it starts again with these."
         )
-    elif (
-        previous
-        and not (finished or backup or ended)
-        and resume.logged_epochs(run_dir / "history.csv")
-    ):
+    elif not committed and resume.logged_epochs(run_dir / "history.csv"):
         legacy = (
             f" (its {RESULTS} has no {FINISHED} beside it: the run never recorded "
             "that it finished, as no run before cifar_helpers 0.2.1 did)"
@@ -225,11 +272,19 @@ def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | Non
             else ""
         )
         say(f"{run_dir}: no committed epoch to resume{legacy}; training starts again.")
-    if ended and not finished and not (run_dir / "best.keras").is_file():
-        raise resume.DamagedRunError(
-            f"{run_dir}: {resume.TRAINED} records that training ended, but best.keras "
-            "(the model it trained) is missing. Train into another --out folder."
-        )
+    if ended and not finished:
+        asked = settings.recipe().epochs
+        if ended["epochs"] != asked:
+            raise resume.DamagedRunError(
+                f"{run_dir / resume.TRAINED}: records a run of {ended['epochs']} "
+                f"epoch(s); {RUN_FILE} asks for {asked}: the files disagree. "
+                + ANOTHER_FOLDER
+            )
+        if not (run_dir / "best.keras").is_file():
+            raise resume.DamagedRunError(
+                f"{run_dir}: {resume.TRAINED} records that training ended, but "
+                "best.keras (the model it trained) is missing. " + ANOTHER_FOLDER
+            )
     return finished
 
 
@@ -247,9 +302,23 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
     a multi-worker cluster that is not the chief, it returns ``{"worker": True}``
     (only the chief writes the run folder).
     """
+    import contextlib
+    import os
+
+    from cifar_helpers import lock
+
+    run_dir = _check_out(out)
+    with contextlib.ExitStack() as held:
+        # Taken first, so that a folder in use is refused before any work; in a
+        # multi-worker cluster only the chief's is taken, once it is known.
+        if settings.strategy != "multiworker" and not os.environ.get("TF_CONFIG"):
+            held.enter_context(lock.holding(run_dir))
+        return _train(settings, run_dir, command, verbose)
+
+
+def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
     from cifar_helpers import devices, lock, models, pipeline, recipes, training
 
-    run_dir = Path(out)
     finished = _check_folder(run_dir, settings)
     if finished is not None:
         print(f"{run_dir} already holds a finished run; its results:")

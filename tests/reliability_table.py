@@ -85,6 +85,23 @@ ROWS = [
     ),
     (
         None,
+        "SIGTERM or Ctrl-C while the command starts up (importing TensorFlow, "
+        "loading the data)",
+        "one line, exit status 130; nothing recorded",
+        "test_run_folder",
+        ["test_sigterm_while_starting_up_is_one_line"],
+    ),
+    (
+        None,
+        "SIGTERM while blocked in native code that never returns to Python (a "
+        "multi-worker cluster waiting for a missing peer)",
+        "stopped outright 30 s later (2 s in the test), with one line and exit "
+        "status 130; files are whole, and `train` resumes",
+        "test_run_folder",
+        ["test_a_command_stuck_in_native_code_still_stops_on_sigterm"],
+    ),
+    (
+        None,
         "any of the kills above, then the same command",
         "the run ends with a loadable `model.keras`, one log row per epoch, "
         "`results.json` counting every epoch, `trained.json` and `finished.json`, "
@@ -109,11 +126,13 @@ ROWS = [
     (
         "Damaged and inconsistent run folders (`tests/test_run_folder.py`: the "
         "`train`, `evaluate` and `predict` commands)",
-        "a finished run folder with `run.json`, `results.json` or `finished.json` "
-        "truncated or empty, `results.json` without its scores, or `run.json` "
-        "naming an unknown model",
-        "exit status 1, one line naming the file, what is wrong and the fix; never "
-        "the old scores with status 0",
+        "a finished run folder with `run.json`, `results.json`, `trained.json` or "
+        "`finished.json` truncated, empty, `null` or of another kind, `results.json` "
+        "without its scores, `run.json` naming an unknown model or deleted, "
+        "`curves.png` or `best.keras` deleted",
+        "exit status 1, one line naming the file, what is wrong and the fix (which "
+        "is only to write the results again when `best.keras`, `run.json` and the "
+        "record that training ended are whole); never the old scores with status 0",
         "test_run_folder",
         ["test_a_damaged_finished_run_is_named_never_reported"],
     ),
@@ -128,7 +147,8 @@ ROWS = [
     (
         None,
         "an interrupted run with a damaged log row or header, a truncated or empty "
-        "backup record, its weights file missing or truncated, a backup naming more "
+        "backup record, its weights file missing, truncated or outside the backup "
+        "folder, random generators' states of another kind, a backup naming more "
         "epochs than the log holds (or than the run asks for), a truncated "
         "`best.keras`",
         "exit status 1, one line naming the file and what is wrong, and how to start "
@@ -141,6 +161,20 @@ ROWS = [
             "test_resume::test_a_backup_that_commits_more_epochs_than_asked_is_refused",
             "test_resume::test_a_damaged_log_row_is_named",
         ],
+    ),
+    (
+        None,
+        "a half-written last log row, cut inside a multi-byte character",
+        "dropped when the run resumes; the run ends with every epoch",
+        "test_run_folder",
+        ["test_a_half_written_log_row_with_a_broken_character_is_dropped_on_resume"],
+    ),
+    (
+        None,
+        "`predict` or `export` given a run folder whose run has not finished",
+        "exit status 1: its `model.keras`, if any, is not the run's result",
+        "test_run_folder",
+        ["test_predict_refuses_a_run_folder_that_has_not_finished"],
     ),
     (
         None,
@@ -179,6 +213,14 @@ ROWS = [
     ),
     (
         None,
+        "the same run asked for with a default spelled out or left out (`--smoke` "
+        "alone, `--smoke --epochs 2`), or a data path relative or absolute",
+        "the same run: settings are compared once resolved",
+        "test_run_folder",
+        ["test_the_same_run_asked_for_with_its_defaults_spelled_out_or_not"],
+    ),
+    (
+        None,
         "a folder whose run never committed an epoch, with other settings",
         "nothing is lost: it says so and starts again with the new settings",
         "test_run_folder",
@@ -194,6 +236,22 @@ ROWS = [
             "test_an_out_that_is_a_file_is_a_usage_error",
             "test_an_out_that_cannot_be_a_folder_is_one_line",
         ],
+    ),
+    (
+        None,
+        "an empty `--out`, or a folder that holds other files and no run (`--out .` "
+        "in a home folder)",
+        "a usage error (exit status 2); nothing in the folder is touched (partial "
+        "files are deleted only where the package writes them)",
+        "test_run_folder",
+        ["test_an_empty_out_or_a_folder_of_other_files_is_refused"],
+    ),
+    (
+        None,
+        "`KERAS_BACKEND` naming another backend",
+        "a usage error (exit status 2) saying the package runs on TensorFlow",
+        "test_run_folder",
+        ["test_another_keras_backend_is_one_line"],
     ),
     (
         None,

@@ -495,5 +495,7 @@ def test_a_cache_that_cannot_be_written_is_named_with_the_fix(tmp_path, monkeypa
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for non-root
-    with pytest.raises(data.DatasetError, match=r"\(Permission denied\). Point KERAS_HOME"):
+    with pytest.raises(
+        data.DatasetError, match=r"\(Permission denied\). Point KERAS_HOME"
+    ):
         data.load_cifar100("synthetic")

@@ -83,6 +83,7 @@ def _interrupted_after(run_dir, epochs):
     """A backup committed after ``epochs`` epochs, as an interrupted run leaves."""
     (run_dir / "backup").mkdir()
     record = {"epoch": epochs, "batch": 0, "weights": f"epoch-{epochs}.weights.h5"}
+    record["random_states"] = []
     (run_dir / "backup" / "training_metadata.json").write_text(json.dumps(record))
     (run_dir / "backup" / record["weights"]).write_bytes(b"weights")  # unread here
 
@@ -150,7 +151,8 @@ def test_a_backup_that_commits_more_epochs_than_asked_is_refused(tmp_path):
     [
         ("truncated record", "training_metadata.json: cannot be read"),
         ("empty record", "training_metadata.json: cannot be read"),
-        ("record of another kind", "not a backup record"),
+        ("record of another kind", r"holds \[1, 2\], not a JSON object"),
+        ("weights outside the backup", "not a backup record"),
         ("weights missing", "epoch-1.weights.h5 is missing"),
     ],
 )
@@ -163,6 +165,9 @@ def test_a_damaged_backup_is_named_with_how_to_start_again(tmp_path, damage, mes
         record.write_text("")
     elif damage == "record of another kind":
         record.write_text("[1, 2]")
+    elif damage == "weights outside the backup":
+        edited = {**json.loads(record.read_text()), "weights": "../best.keras"}
+        record.write_text(json.dumps(edited))
     else:
         (tmp_path / "backup" / "epoch-1.weights.h5").unlink()
     with pytest.raises(resume.DamagedRunError, match=message) as caught:

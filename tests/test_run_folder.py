@@ -60,6 +60,10 @@ def _one_error_line(capsys, *expected):
     return lines[0]
 
 
+def _edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 def _cut(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -89,6 +93,35 @@ FINISHED_DAMAGE = {
     "finished.json truncated": (
         lambda r: (r / "finished.json").write_text('{"files'),
         "finished.json: cannot be read",
+    ),
+    "run.json null": (
+        lambda r: (r / "run.json").write_text("null"),
+        "run.json: holds null, not a JSON object",
+    ),
+    "run.json deleted": (
+        lambda r: (r / "run.json").unlink(),
+        "but run.json is missing, so its results cannot be trusted. Train into",
+    ),
+    "run.json and finished.json deleted": (
+        lambda r: [(r / n).unlink() for n in ("run.json", "finished.json")],
+        "its run.json (the settings a resume must repeat) is missing",
+    ),
+    "trained.json of another kind": (
+        lambda r: (r / "trained.json").write_text('{"epochs_run": "2", "epochs": 2}'),
+        "trained.json: not a record of training's end",
+    ),
+    "finished.json of another kind": (
+        lambda r: (r / "finished.json").write_text("false"),
+        "finished.json: holds false, not a JSON object",
+    ),
+    "curves.png deleted": (
+        lambda r: (r / "curves.png").unlink(),
+        "finished.json records a finished run, but curves.png is missing",
+    ),
+    "best.keras and classes.json deleted": (
+        lambda r: [(r / n).unlink() for n in ("best.keras", "classes.json")],
+        "classes.json is missing, so its results cannot be trusted. Train into "
+        "another --out folder",
     ),
     "model.keras and best.keras deleted, results kept": (
         lambda r: [(r / n).unlink() for n in ("model.keras", "best.keras")],
@@ -139,10 +172,24 @@ INTERRUPTED_DAMAGE = {
         "the backup of epoch 1 cannot be loaded",
     ),
     "backup naming epoch 99": (
-        lambda r: (r / "backup" / "training_metadata.json").write_text(
-            json.dumps({"epoch": 99, "batch": 0, "weights": "epoch-1.weights.h5"})
-        ),
+        lambda r: _edit_json(r / "backup" / "training_metadata.json", epoch=99),
         "the backup commits 99 epoch(s), but history.csv logs 1",
+    ),
+    "random states of another kind": (
+        lambda r: _edit_json(r / "backup" / "training_metadata.json", random_states=5),
+        "training_metadata.json: not a backup record",
+    ),
+    "random states that do not fit": (
+        lambda r: _edit_json(
+            r / "backup" / "training_metadata.json",
+            random_states=[
+                ["a"] * len(state)
+                for state in json.loads(
+                    (r / "backup" / "training_metadata.json").read_text()
+                )["random_states"]
+            ],
+        ),
+        "its random generators' states do not fit this model",
     ),
     "best.keras truncated": (
         lambda r: _cut(r / "best.keras"),
@@ -174,6 +221,37 @@ def test_a_run_whose_backup_was_deleted_starts_again_and_trains_every_epoch(
         capsys.readouterr().out
     )
     assert json.loads((out / "results.json").read_text())["epochs_run"] == 2
+
+
+def test_a_half_written_log_row_with_a_broken_character_is_dropped_on_resume(
+    runs_made, tmp_path
+):
+    out = _copy(runs_made, "interrupted", tmp_path)
+    with open(out / "history.csv", "ab") as log:
+        log.write(b"1,0.\xff\n")  # a row of the uncommitted epoch, cut mid-character
+    assert _train(out) == 0
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 2
+
+
+def test_the_same_run_asked_for_with_its_defaults_spelled_out_or_not(
+    runs_made, tmp_path, capsys
+):
+    out = _copy(runs_made, "finished", tmp_path)  # made with --smoke --epochs 2
+    argv = ["train", *ARGS, "--out", str(out)]  # --smoke alone means 2 epochs
+    assert cli.main(argv) == 0
+    assert "already holds a finished run" in capsys.readouterr().out
+
+
+def test_predict_refuses_a_run_folder_that_has_not_finished(
+    runs_made, tmp_path, capsys
+):
+    out = _copy(runs_made, "finished", tmp_path)
+    (out / "finished.json").unlink()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", str(out)]) == 1
+    _one_error_line(capsys, "a run folder whose run has not finished")
 
 
 def test_evaluate_and_predict_name_a_damaged_model(runs_made, tmp_path, capsys):
@@ -254,6 +332,18 @@ def test_too_few_images_for_the_smoke_subset_is_one_line(tmp_path, capsys):
 # ------------------------------------------------------------- odd --out paths
 
 
+def test_an_empty_out_or_a_folder_of_other_files_is_refused(tmp_path, capsys):
+    assert _train("") == 2
+    _one_error_line(capsys, "--out is empty")
+    home = tmp_path / "home"
+    (home / "docs").mkdir(parents=True)
+    (home / "docs" / "thesis.partial.tex").write_text("precious")
+    assert _train(home) == 2
+    _one_error_line(capsys, "a folder that holds other files (docs) and no run")
+    assert (home / "docs" / "thesis.partial.tex").read_text() == "precious"
+    assert sorted(p.name for p in home.iterdir()) == ["docs"]
+
+
 def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert _train(tmp_path / "notes.txt") == 2
@@ -295,6 +385,63 @@ def test_a_bad_cifar_smoke_troubles_only_the_command_that_reads_it(
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     assert cli.main(["predict", str(tmp_path / "x.png"), "--model", export]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_another_keras_backend_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert _train("anywhere") == 2
+    _one_error_line(capsys, "KERAS_BACKEND='torch': the series' models")
+
+
+# ------------------------------------------------------------------ signals
+
+STUCK = (
+    "import ctypes, signal, sys\n"
+    "from cifar_helpers import cli\n"
+    "cli.STOP_GRACE_SECONDS = 2\n"
+    "def stuck(args, argv, prog):\n"
+    "    # Native code that does not return to Python for two minutes, whatever\n"
+    "    # signal comes (C's sleep, with SIGTERM blocked in this thread).\n"
+    "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "    print('stuck', flush=True)\n"
+    "    ctypes.CDLL(None).sleep(120)\n"
+    "cli._run = stuck\n"
+    "sys.exit(cli.main(['evaluate', 'anywhere']))\n"
+)
+
+
+def test_a_command_stuck_in_native_code_still_stops_on_sigterm():
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", STUCK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert stuck.stdout.readline().strip() == "stuck"
+    time.sleep(1)  # into the C call, past the last Python step
+    start = time.monotonic()
+    stuck.send_signal(signal.SIGTERM)
+    _, err = stuck.communicate(timeout=60)
+    assert stuck.returncode == 130 and time.monotonic() - start < 30
+    assert "still busy after 2 s (blocked in TensorFlow); stopped outright" in err
+
+
+def test_sigterm_while_starting_up_is_one_line(tmp_path):
+    command = [sys.executable, "-m", "cifar_helpers", "train", *ARGS]
+    starting = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # importing TensorFlow, or loading the data
+    starting.send_signal(signal.SIGTERM)
+    _, err = starting.communicate(timeout=120)
+    assert starting.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "interrupted" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "run.json").exists()
 
 
 # ------------------------------------------------------ two processes at once
