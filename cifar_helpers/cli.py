@@ -17,7 +17,9 @@ whose files are damaged or disagree, a run folder another process is training
 into, a disk that is full or a path that cannot be written, a model or class-name
 file that cannot be loaded, an export folder that exists already, an image of
 ``predict`` that cannot be read); 130 when interrupted by Ctrl-C or SIGTERM (a
-``train`` run keeps its last committed epoch, and the same command resumes it).
+``train`` run keeps its last committed epoch, and the same command resumes it; a
+command blocked in native code for :data:`STOP_GRACE_SECONDS` after the signal is
+ended outright). ``KERAS_BACKEND`` other than ``tensorflow`` is a usage error.
 Each of these errors is one line on standard error.
 """
 
