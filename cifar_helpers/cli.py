@@ -24,6 +24,7 @@ Each of these errors is one line on standard error.
 """
 
 import argparse
+import contextlib
 import errno
 import os
 import shlex
@@ -226,12 +227,16 @@ def main(argv=None, prog: str = "cifar-helpers") -> int:
         return _error("interrupted before anything was written.", status=130)
     except ImportError as error:
         return _error(
-            f"cannot import what the package needs ({error}); reinstall it with "
-            "`pip install -e .` in the repository (or `make install`).",
+            f"cannot import what the package needs ({error}). If Keras is set to "
+            'another backend (KERAS_BACKEND, or "backend" in ~/.keras/keras.json), '
+            "set it to tensorflow; otherwise reinstall the package with `pip "
+            "install -e .` in the repository (or `make install`).",
             status=1,
         )
     finally:
-        restore()
+        # Ctrl-C after the command's work was done changes nothing.
+        with contextlib.suppress(KeyboardInterrupt):
+            restore()
 
 
 def _run(args, argv, prog) -> int:
@@ -342,10 +347,12 @@ def _on_sigterm_interrupt():
     thread.start()
 
     def restore():
+        # The handler goes first: a signal from here on must not raise in the
+        # middle of putting things back (the command's work is done).
+        signal.signal(signal.SIGTERM, previous)
         finished.set()
         thread.join()
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGTERM, previous)
         send.close()
         receive.close()
 

@@ -126,7 +126,8 @@ def load_cifar100(
         return read_archive(path)
     raise DatasetError(
         f"{path}: no such file or folder. Pass the path of a {ARCHIVE_NAME} or of its "
-        "extracted folder, 'synthetic', or None to download the official archive."
+        "extracted folder, or 'synthetic'; to download the official archive, leave "
+        "--data out (None in Python)."
     )
 
 

@@ -215,12 +215,15 @@ def load_model(path):
     holding ``model.keras``) without its training state, and its class names:
     ``(model, names)``."""
     path = Path(path)
-    if (path / "run.json").is_file() and not (path / "finished.json").is_file():
-        raise ModelError(
-            f"{path}: a run folder whose run has not finished (no finished.json), so "
-            "any model.keras there is not its result. Finish it first: run the same "
-            "`train` command again."
-        )
+    if (path / "run.json").is_file():  # a run folder of `train`
+        from cifar_helpers import runs
+
+        if runs.finished_results(path) is None:
+            raise ModelError(
+                f"{path}: a run folder whose run has not finished (no finished.json), "
+                "so any model.keras there is not its result. Finish it first: run "
+                "the same `train` command again."
+            )
     file = _keras_file(path)
     if file is None:
         raise ModelError(

@@ -175,10 +175,16 @@ def _rewrite_advice(run_dir: Path) -> str:
     return ANOTHER_FOLDER
 
 
-def _finished(run_dir: Path) -> dict | None:
+def finished_results(run_dir) -> dict | None:
     """The results of the finished run in ``run_dir``, or None when its run has not
     finished; :class:`~cifar_helpers.resume.DamagedRunError` when the record says
-    finished and the files disagree."""
+    finished and the files disagree, or ``model.keras``, ``classes.json`` or
+    ``results.json`` is damaged (the message says how to write them again).
+    ``evaluate``, ``predict`` and ``export`` use a run folder only when it holds a
+    finished run."""
+    import zipfile
+
+    run_dir = Path(run_dir)
     advice = _rewrite_advice(run_dir)
     record = resume.read_json(
         run_dir / FINISHED, "the record that the run finished", advice
@@ -201,6 +207,24 @@ def _finished(run_dir: Path) -> dict | None:
             f"{run_dir}: {FINISHED} records a finished run, but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} missing, so its results cannot "
             f"be trusted. {advice}"
+        )
+    if not zipfile.is_zipfile(run_dir / "model.keras"):
+        raise resume.DamagedRunError(
+            f"{run_dir / 'model.keras'}: not a Keras model file (cut short or "
+            f"replaced). {advice}"
+        )
+    try:
+        names = json.loads((run_dir / "classes.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        names = None
+    if not (
+        isinstance(names, list)
+        and all(isinstance(name, str) for name in names)
+        and len(set(names)) == len(names) > 0
+    ):
+        raise resume.DamagedRunError(
+            f"{run_dir / 'classes.json'}: damaged (it should list the model's class "
+            f"names, each once). {advice}"
         )
     results = resume.read_json(run_dir / RESULTS, "the run's test scores", advice)
     scores = ("test_accuracy", "test_top5", "test_loss")
@@ -242,7 +266,7 @@ def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | Non
     if not run_dir.is_dir():
         return None
     previous = _recorded(run_dir)
-    finished = _finished(run_dir)
+    finished = finished_results(run_dir)
     backup, ended = resume.committed_backup(run_dir), resume.training_ended(run_dir)
     committed = finished is not None or backup is not None or ended is not None
     if previous is None and committed:
@@ -353,9 +377,10 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
             finished = _check_folder(run_dir, settings, say=lambda _: None)
             if finished is not None:
                 return finished
-            atomic.write_text(
-                run_dir / RUN_FILE, json.dumps(dataclasses.asdict(settings), indent=2)
-            )
+            # Resolved: a data path is absolute, so that the run does not depend
+            # on the folder a later command starts in.
+            recorded = dataclasses.asdict(settings.known_as())
+            atomic.write_text(run_dir / RUN_FILE, json.dumps(recorded, indent=2))
         start = time.perf_counter()
         if training.run_finished(run_dir):
             print(f"{run_dir}: training finished before; writing the results.")
@@ -448,12 +473,14 @@ def evaluate(run_dir) -> dict:
     from cifar_helpers import inference
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or _finished(run_dir) is None:
+    if not run_dir.is_dir() or finished_results(run_dir) is None:
         raise RunError(
             f"{run_dir}: no finished run here ({FINISHED} is missing). Pass the --out "
             "folder of a `train` command that finished (or finish it: run the same "
             "`train` command again)."
         )
     settings = _recorded(run_dir)
-    model = inference.read_keras_model(run_dir / "model.keras")
+    model = inference.read_keras_model(
+        run_dir / "model.keras", fix=_rewrite_advice(run_dir)
+    )
     return score(model, settings.load_split(), settings.recipe().batch_size)

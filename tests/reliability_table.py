@@ -129,7 +129,7 @@ ROWS = [
         "a finished run folder with `run.json`, `results.json`, `trained.json` or "
         "`finished.json` truncated, empty, `null` or of another kind, `results.json` "
         "without its scores, `run.json` naming an unknown model or deleted, "
-        "`curves.png` or `best.keras` deleted",
+        "`model.keras` truncated, `curves.png` or `best.keras` deleted",
         "exit status 1, one line naming the file, what is wrong and the fix (which "
         "is only to write the results again when `best.keras`, `run.json` and the "
         "record that training ended are whole); never the old scores with status 0",
@@ -186,8 +186,10 @@ ROWS = [
     ),
     (
         None,
-        "a truncated `model.keras` or `classes.json` of a finished run",
-        "`evaluate` and `predict` exit with status 1, one line naming the file",
+        "a truncated `model.keras` or a damaged `classes.json` of a finished run",
+        "`evaluate`, `predict` and `train` exit with status 1, one line naming the "
+        "file and the fix that works (delete `finished.json`: the same `train` "
+        "command writes the outcome again from `best.keras`)",
         "test_run_folder",
         ["test_evaluate_and_predict_name_a_damaged_model"],
     ),
@@ -222,7 +224,9 @@ ROWS = [
     (
         None,
         "a folder whose run never committed an epoch, with other settings",
-        "nothing is lost: it says so and starts again with the new settings",
+        "nothing is lost: it says so and starts again with the new settings; a "
+        "relative `--data` path is recorded absolute, so `evaluate` from another "
+        "folder reads the same archive",
         "test_run_folder",
         ["test_a_folder_whose_run_never_committed_an_epoch_takes_other_settings"],
     ),

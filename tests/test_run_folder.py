@@ -86,6 +86,10 @@ FINISHED_DAMAGE = {
         lambda r: _cut(r / "results.json"),
         "results.json: cannot be read",
     ),
+    "model.keras truncated": (
+        lambda r: _cut(r / "model.keras"),
+        "model.keras: not a Keras model file (cut short or replaced). Delete",
+    ),
     "results.json without scores": (
         lambda r: (r / "results.json").write_text('{"test_accuracy": "high"}'),
         "results.json: does not hold the test scores",
@@ -268,7 +272,13 @@ def test_evaluate_and_predict_name_a_damaged_model(runs_made, tmp_path, capsys):
     (out / "classes.json").write_text(json.dumps("x" * 100))
     shutil.copy(runs_made / "finished" / "model.keras", out / "model.keras")
     assert cli.main(["predict", str(image), "--model", str(out)]) == 1
-    _one_error_line(capsys, "classes.json: not a list of names")
+    line = _one_error_line(capsys, "classes.json: damaged")
+    # The advice works: the same train command writes the outcome again.
+    assert "and the same command writes the results again from best.keras" in line
+    (out / "finished.json").unlink()
+    assert _train(out) == 0
+    assert "training finished before; writing the results" in capsys.readouterr().out
+    assert cli.main(["predict", str(image), "--model", str(out)]) == 0
 
 
 def test_evaluate_refuses_a_run_that_has_not_finished(runs_made, capsys):
@@ -290,16 +300,24 @@ def test_a_start_that_fails_on_its_data_records_nothing(tmp_path, capsys):
 
 
 def test_a_folder_whose_run_never_committed_an_epoch_takes_other_settings(
-    tmp_path, capsys
+    tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
     out.mkdir()
     other = runs.RunSettings(model="resnet9", data="/no/such/archive", smoke=True)
     (out / "run.json").write_text(json.dumps(runs.dataclasses.asdict(other)))
-    assert _train(out, "--epochs", "1") == 0
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(synthetic.synthetic_archive_path(), "data.tar.gz")
+    assert _train(out, "--epochs", "1", "--data", "data.tar.gz") == 0
     said = capsys.readouterr().out
     assert "never committed an epoch, so nothing is lost" in said
-    assert json.loads((out / "run.json").read_text())["model"] == "baseline_cnn"
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["model"] == "baseline_cnn"
+    # A relative data path is recorded absolute: evaluate, or a resume, started
+    # from another folder reads the same archive.
+    assert recorded["data"] == str(tmp_path / "data.tar.gz")
+    monkeypatch.chdir(out)
+    assert cli.main(["evaluate", "."]) == 0
 
 
 @pytest.mark.parametrize(
