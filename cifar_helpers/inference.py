@@ -144,11 +144,30 @@ def write_class_names(folder, names):
     atomic.write_text(Path(folder) / CLASSES_FILE, json.dumps(list(names), indent=1))
 
 
+def read_class_names(path) -> list[str]:
+    """The class names saved at ``path`` (a ``classes.json``): a list of distinct
+    strings, or :class:`ModelError` naming the file and what is wrong."""
+    path = Path(path)
+    fix = (
+        "It should list the model's class names, each once, as `train` and "
+        "`export` write it."
+    )
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{path}: cannot be read ({error}). {fix}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{path}: not a list of names (strings). {fix}")
+    if len(set(names)) != len(names):
+        raise ModelError(f"{path}: some class names appear twice. {fix}")
+    return names
+
+
 def class_names(folder: Path, classes: int) -> list[str]:
     """The ``classes`` names of the model saved in ``folder``: its ``classes.json``
-    (``train``, ``export`` and notebook 06 write one), else ``class 0``,
-    ``class 1``... Raises :class:`ModelError` when the file is damaged or does not
-    hold exactly ``classes`` distinct strings."""
+    (``train``, ``export`` and notebook 06 write one; see :func:`read_class_names`),
+    else ``class 0``, ``class 1``... Raises :class:`ModelError` when the file is
+    damaged or does not hold exactly ``classes`` names."""
     saved = Path(folder) / CLASSES_FILE
     if not saved.is_file():
         warnings.warn(
@@ -158,23 +177,12 @@ def class_names(folder: Path, classes: int) -> list[str]:
             stacklevel=2,
         )
         return [f"class {i}" for i in range(classes)]
-    fix = (
-        "It should hold the model's class names, one string per output, as "
-        "`train` and `export` write it; copy it again from the run folder."
-    )
-    try:
-        names = json.loads(saved.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ModelError(f"{saved}: cannot be read ({error}). {fix}") from None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ModelError(f"{saved}: not a list of names (strings). {fix}")
+    names = read_class_names(saved)
     if len(names) != classes:
         raise ModelError(
             f"{saved}: {len(names)} class names for a model with {classes} outputs; "
             "the names belong to another model."
         )
-    if len(set(names)) != len(names):
-        raise ModelError(f"{saved}: some class names appear twice. {fix}")
     return names
 
 

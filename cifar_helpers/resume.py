@@ -48,11 +48,11 @@ class DamagedRunError(ValueError):
     message names the file, says what is wrong, and what can still be done."""
 
 
+ANOTHER_FOLDER = "Train into another --out folder (this one is left as it is)."
+
+
 def _start_again(run_dir) -> str:
-    return (
-        f"To start again, train into another --out folder (this one is left as it "
-        f"is), or delete {run_dir}."
-    )
+    return f"{ANOTHER_FOLDER[:-1]}, or delete {run_dir} to start again there."
 
 
 def read_json(path: Path, what: str, fix: str):

@@ -137,7 +137,7 @@ class RunSettings:
         return dataclasses.replace(renamed, epochs=renamed.recipe().epochs)
 
 
-ANOTHER_FOLDER = "Train into another --out folder (this one is left as it is)."
+ANOTHER_FOLDER = resume.ANOTHER_FOLDER
 # What a run folder may hold besides the outcome; a folder holding none of these
 # and not empty is not a run folder.
 RUN_FILES = {*OUTCOME, FINISHED, resume.TRAINED, "best.keras", "history.csv"}
@@ -213,19 +213,12 @@ def finished_results(run_dir) -> dict | None:
             f"{run_dir / 'model.keras'}: not a Keras model file (cut short or "
             f"replaced). {advice}"
         )
+    from cifar_helpers import inference
+
     try:
-        names = json.loads((run_dir / "classes.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        names = None
-    if not (
-        isinstance(names, list)
-        and all(isinstance(name, str) for name in names)
-        and len(set(names)) == len(names) > 0
-    ):
-        raise resume.DamagedRunError(
-            f"{run_dir / 'classes.json'}: damaged (it should list the model's class "
-            f"names, each once). {advice}"
-        )
+        inference.read_class_names(run_dir / inference.CLASSES_FILE)
+    except inference.ModelError as error:
+        raise resume.DamagedRunError(f"{error} {advice}") from None
     results = resume.read_json(run_dir / RESULTS, "the run's test scores", advice)
     scores = ("test_accuracy", "test_top5", "test_loss")
     if not isinstance(results, dict) or not all(

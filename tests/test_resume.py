@@ -172,7 +172,7 @@ def test_a_damaged_backup_is_named_with_how_to_start_again(tmp_path, damage, mes
         (tmp_path / "backup" / "epoch-1.weights.h5").unlink()
     with pytest.raises(resume.DamagedRunError, match=message) as caught:
         resume.committed_backup(tmp_path)
-    assert "train into another --out folder" in str(caught.value)
+    assert "Train into another --out folder" in str(caught.value)
 
 
 def test_a_run_is_finished_only_when_its_record_says_so(tmp_path):

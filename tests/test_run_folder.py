@@ -272,7 +272,7 @@ def test_evaluate_and_predict_name_a_damaged_model(runs_made, tmp_path, capsys):
     (out / "classes.json").write_text(json.dumps("x" * 100))
     shutil.copy(runs_made / "finished" / "model.keras", out / "model.keras")
     assert cli.main(["predict", str(image), "--model", str(out)]) == 1
-    line = _one_error_line(capsys, "classes.json: damaged")
+    line = _one_error_line(capsys, "classes.json: not a list of names")
     # The advice works: the same train command writes the outcome again.
     assert "and the same command writes the results again from best.keras" in line
     (out / "finished.json").unlink()
