@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # "other_module::test_name" lives in another module.
 ROWS = [
     (
-        "Interrupted training (`tests/test_faults.py`: the `train` command, SIGKILL)",
+        "Interrupted training (`tests/test_faults.py`: the `train` command killed with "
+        "SIGKILL or stopped with SIGTERM)",
         "killed mid-epoch",
         "the same command resumes at the interrupted epoch: only that epoch's steps "
         "are lost",
