@@ -186,6 +186,55 @@ class StopOnNaN(keras.callbacks.Callback):
         )
 
 
+def rose_in_each_of_last(values, rises: int) -> bool:
+    """Whether the last value of ``values`` ends ``rises`` rises in a row: each of
+    the last ``rises`` values is not at or below the one before it. This is the
+    original series' early-stopping test (``TrainResNet.py``), which runs after
+    every epoch on the test losses so far; as there, a NaN counts as a rise, and
+    it needs ``rises + 1`` values."""
+    values = list(values)
+    if len(values) <= rises:
+        return False
+    last = values[-(rises + 1) :]
+    return all(not (now <= before) for before, now in zip(last, last[1:], strict=False))
+
+
+class ConsecutiveRiseStopping(keras.callbacks.Callback):
+    """Stop training at the end of the epoch where ``monitor`` has risen in each of
+    the last ``rises`` epochs (:func:`rose_in_each_of_last`): the original series'
+    early stopping, which kept training through any epoch that improved on the one
+    before, however far from the best. Keras' ``EarlyStopping`` counts epochs
+    since the best value instead. The model is left as the last epoch made it, as
+    the original saved it.
+
+    ``logged`` holds the monitored values of the epochs before a resume, so a
+    resumed run stops where an uninterrupted one would. The epoch it stopped at (0
+    based) is ``stopped_epoch``; None while it has not stopped.
+    """
+
+    def __init__(self, monitor: str = "val_loss", rises: int = 10, logged=()):
+        super().__init__()
+        if not isinstance(rises, int) or isinstance(rises, bool) or rises < 1:
+            raise ValueError(f"rises={rises!r}: use a whole number of at least 1.")
+        self.monitor, self.rises, self.logged = monitor, rises, list(logged)
+        self.values, self.stopped_epoch = list(self.logged), None
+
+    def on_train_begin(self, logs=None):
+        self.values, self.stopped_epoch = list(self.logged), None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"ConsecutiveRiseStopping: the epoch's logs have no {self.monitor!r} "
+                f"(they have {', '.join(sorted(logs or {}))}); monitor one of them."
+            )
+        self.values.append(float(value))
+        if rose_in_each_of_last(self.values, self.rises):
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Log each epoch's wall time (training and validation) as ``epoch_seconds``."""
 

@@ -174,3 +174,67 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_state(cifar, tmp_p
     assert len(_rows(tmp_path / "history.csv")) == 1
     best = keras.saving.load_model(tmp_path / "best.keras")
     assert all(np.all(np.isfinite(w)) for w in best.get_weights())
+
+
+# The original's early stopping (TrainResNet.py): after each epoch, stop when the
+# monitored loss rose in each of the last 10 epochs (epochs counted from 0 here).
+ORIGINAL_STOP = {
+    "ten rises after a best": ([5.0, 1.0] + [1.0 + i for i in range(1, 11)], 11),
+    "nine rises only": ([5.0, 1.0] + [1.0 + i for i in range(1, 10)], None),
+    "a tie breaks the run": (
+        [5.0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+        15,
+    ),
+    "the first epoch's value counts": ([1.0, 9] + [9 + i for i in range(1, 10)], 10),
+}
+
+
+def _stopping_epoch(values, rises=10, split=0):
+    """Feed ``values`` epoch by epoch to a fresh callback, as a run that resumed
+    at epoch ``split`` (0: never interrupted); the epoch it stopped at, or None."""
+    import types
+
+    model = types.SimpleNamespace(stop_training=False)
+    callback = training.ConsecutiveRiseStopping(rises=rises, logged=values[:split])
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch in range(split, len(values)):
+        callback.on_epoch_end(epoch, {"val_loss": values[epoch]})
+        if model.stop_training:
+            assert callback.stopped_epoch == epoch
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize("case", ORIGINAL_STOP)
+def test_consecutive_rise_stopping_stops_where_the_original_loop_did(case):
+    values, expected = ORIGINAL_STOP[case]
+    assert _stopping_epoch(values) == expected
+
+
+def test_consecutive_rises_and_patience_disagree():
+    # A slow climb from the best (epoch 0) with a dip every third epoch: never ten
+    # rises in a row, so the original's rule never stops; patience 10 stops at 10.
+    climb = [1.0] + [2.0 + i - 1.5 * (i % 3 == 0) for i in range(1, 30)]
+    assert _stopping_epoch(climb) is None
+    import types
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=10)
+    stop.set_model(types.SimpleNamespace(stop_training=False))
+    stop.on_train_begin()
+    for epoch, value in enumerate(climb):
+        stop.on_epoch_end(epoch, {"val_loss": value})
+        if stop.model.stop_training:
+            break
+    assert epoch == 10
+
+
+@pytest.mark.parametrize("split", [1, 5, 10, 11])
+def test_a_resumed_run_stops_where_an_uninterrupted_one_would(split):
+    values, expected = ORIGINAL_STOP["ten rises after a best"]
+    assert _stopping_epoch(values, split=split) == expected
+
+
+def test_a_nan_counts_as_a_rise_as_in_the_original():
+    assert training.rose_in_each_of_last([1.0, float("nan"), 2.0], 2)
+    assert not training.rose_in_each_of_last([1.0, 2.0], 2)  # needs rises + 1 values
