@@ -9,7 +9,10 @@ per sample with ``shared_channels=True``) of size ``H x W``, in training:
 3. multiply the input by the mask and rescale by ``count(mask) / count_ones(mask)``
    over the whole tensor, so the expected sum is unchanged.
 
-The block size is clipped to ``min(b, H, W)``. ``gamma="paper"`` uses the paper's
+The block size is clipped to ``min(b, H, W)`` (``oversize="clip"``, the default);
+``oversize="identity"`` leaves a map smaller than the block untouched instead, as the
+original series' layer (DHZS/tf-dropblock) did: it drew its seeds over an empty
+valid region. ``gamma="paper"`` uses the paper's
 formula, which ignores overlapping blocks and so drops 4-13 % less than asked at
 CIFAR sizes; ``gamma="exact"`` (the default) solves for the gamma whose expected drop
 fraction is exactly ``1 - keep_prob``. With row coverage ``n_H(r)`` (how many valid
@@ -205,6 +208,10 @@ class DropBlock(keras.layers.Layer):
             channel (the paper found per-channel masks better).
         gamma: ``"exact"`` (drop exactly ``1 - keep_prob`` in expectation) or
             ``"paper"`` (the paper's formula, which drops less).
+        oversize: what a map smaller than the block gets: ``"clip"`` (the block is
+            clipped to the map, so whole maps are dropped) or ``"identity"`` (the
+            map is left untouched, as the original series' layer did; with
+            ``gamma="paper"`` this is that layer's behaviour on every map size).
         seed: an int for reproducible masks.
 
     Noise, masks and counts are float32 under any precision policy; the output keeps
@@ -219,6 +226,7 @@ class DropBlock(keras.layers.Layer):
         *,
         shared_channels=False,
         gamma="exact",
+        oversize="clip",
         seed=None,
         **kwargs,
     ):
@@ -227,6 +235,9 @@ class DropBlock(keras.layers.Layer):
         _check_size("block_size", block_size)
         if gamma not in ("exact", "paper"):
             raise ValueError(f"gamma={gamma!r}: use 'exact' or 'paper'.")
+        if oversize not in ("clip", "identity"):
+            raise ValueError(f"oversize={oversize!r}: use 'clip' or 'identity'.")
+        self.oversize = oversize
         if not isinstance(shared_channels, bool):
             raise ValueError(f"shared_channels={shared_channels!r}: use True or False.")
         self.block_size = int(block_size)
@@ -269,7 +280,11 @@ class DropBlock(keras.layers.Layer):
         total = tf.cast(tf.size(negative_keep), tf.float32)
         scale = tf.math.divide_no_nan(total, tf.reduce_sum(negative_keep))
         mask = tf.stop_gradient(negative_keep * scale)
-        return inputs * tf.cast(mask, inputs.dtype)
+        dropped = inputs * tf.cast(mask, inputs.dtype)
+        if self.oversize == "identity":
+            smaller = tf.less(tf.minimum(height, width), self.block_size)
+            return tf.where(smaller, inputs, dropped)
+        return dropped
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -281,6 +296,7 @@ class DropBlock(keras.layers.Layer):
             "block_size": self.block_size,
             "shared_channels": self.shared_channels,
             "gamma": self.gamma,
+            "oversize": self.oversize,
             "seed": self.seed,
         }
 
