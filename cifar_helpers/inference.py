@@ -192,23 +192,29 @@ def _keras_file(path: Path) -> Path | None:
     return path if path.is_file() and path.suffix == ".keras" else None
 
 
+def check_keras_file(path, fix: str = ""):
+    """Raise :class:`ModelError` naming ``path`` (and ``fix``) unless it is a zip
+    archive, as every ``.keras`` file is (Keras would call a cut-short one "File
+    not found"). Cheap: it reads the archive's directory, not the model."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{path}: not a Keras model file (cut short or replaced). {fix}".rstrip()
+        )
+
+
 def read_keras_model(path, *, compile: bool = True, fix: str | None = None):
     """``keras.saving.load_model(path)``, with the series' custom layers registered;
     a file that cannot be loaded raises :class:`ModelError` naming it, what is wrong
     and ``fix`` (by default: use another copy)."""
-    import zipfile
-
     import keras
 
     import cifar_helpers.models  # noqa: F401  registers the series' custom layers
 
     path = Path(path)
     fix = fix or "Use another copy, or train the model again."
-    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
-        raise ModelError(
-            f"{path}: not a Keras model file (a .keras file is a zip archive; this "
-            f"one is not, or it is cut short). {fix}"
-        )
+    check_keras_file(path, fix)
     try:
         return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # a damaged zip, weights or config: many kinds

@@ -92,9 +92,8 @@ def backup_record(backup_dir) -> dict | None:
     record = read_json(path, "the epoch the backup committed", _start_again(run_dir))
     if record is None:
         return None
-    fields = record if isinstance(record, dict) else {}
-    epoch, weights = fields.get("epoch"), fields.get("weights")
-    states = fields.get("random_states")
+    epoch, weights = record.get("epoch"), record.get("weights")
+    states = record.get("random_states")
     if (
         type(epoch) is not int
         or epoch < 0
@@ -133,9 +132,8 @@ def training_ended(run_dir) -> dict | None:
         "Delete it, and the same command resumes the run from its backup (or, "
         "with none, starts it again).",
     )
-    if record is not None and not (
-        isinstance(record, dict)
-        and all(type(record.get(key)) is int for key in ("epochs_run", "epochs"))
+    if record is not None and not all(
+        type(record.get(key)) is int for key in ("epochs_run", "epochs")
     ):
         raise DamagedRunError(
             f"{Path(run_dir) / TRAINED}: not a record of training's end (the "

@@ -152,8 +152,6 @@ def _recorded(run_dir: Path) -> RunSettings | None:
     if recorded is None:
         return None
     try:
-        if not isinstance(recorded, dict):
-            raise TypeError(f"a {type(recorded).__name__}, not a record of settings")
         return RunSettings(**recorded)
     except (TypeError, RunError) as error:
         raise resume.DamagedRunError(
@@ -182,8 +180,6 @@ def finished_results(run_dir) -> dict | None:
     ``results.json`` is damaged (the message says how to write them again).
     ``evaluate``, ``predict`` and ``export`` use a run folder only when it holds a
     finished run."""
-    import zipfile
-
     run_dir = Path(run_dir)
     advice = _rewrite_advice(run_dir)
     record = resume.read_json(
@@ -191,7 +187,7 @@ def finished_results(run_dir) -> dict | None:
     )
     if record is None:
         return None
-    listed = record.get("files") if isinstance(record, dict) else None
+    listed = record.get("files")
     if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
         raise resume.DamagedRunError(
             f"{run_dir / FINISHED}: not a record of a finished run (it lists no "
@@ -208,22 +204,16 @@ def finished_results(run_dir) -> dict | None:
             f"{'is' if len(missing) == 1 else 'are'} missing, so its results cannot "
             f"be trusted. {advice}"
         )
-    if not zipfile.is_zipfile(run_dir / "model.keras"):
-        raise resume.DamagedRunError(
-            f"{run_dir / 'model.keras'}: not a Keras model file (cut short or "
-            f"replaced). {advice}"
-        )
     from cifar_helpers import inference
 
     try:
+        inference.check_keras_file(run_dir / "model.keras")
         inference.read_class_names(run_dir / inference.CLASSES_FILE)
     except inference.ModelError as error:
         raise resume.DamagedRunError(f"{error} {advice}") from None
     results = resume.read_json(run_dir / RESULTS, "the run's test scores", advice)
     scores = ("test_accuracy", "test_top5", "test_loss")
-    if not isinstance(results, dict) or not all(
-        type(results.get(key)) in (int, float) for key in scores
-    ):
+    if not all(type(results.get(key)) in (int, float) for key in scores):
         raise resume.DamagedRunError(
             f"{run_dir / RESULTS}: does not hold the test scores "
             f"({', '.join(scores)}). {advice}"
