@@ -88,6 +88,8 @@ def residual_block(
     keep_prob: float = 1.0,
     block_size: int = 5,
     momentum=ORIGINAL_MOMENTUM,
+    gamma: str = "exact",
+    oversize: str = "clip",
     name: str,
 ):
     """The original part-7 residual block: ``N x H x W x C -> N x H/2 x W/2 x filters``.
@@ -95,7 +97,8 @@ def residual_block(
     ``h1 = ReLU(conv_block(x))``, ``h2 = conv_block(h1)``, then ``ReLU(h1 + h2)``,
     DropBlock and a 3x3 stride-2 max pool. The skip connection starts after the
     first conv block, not at the block's input as in He et al.'s residual unit, so
-    the block can change the number of channels without a projection.
+    the block can change the number of channels without a projection. ``gamma``
+    and ``oversize`` go to :class:`~cifar_helpers.dropblock.DropBlock`.
     """
     h1 = keras.layers.ReLU(name=f"{name}_relu1")(
         conv_block(x, filters, momentum=momentum, name=f"{name}_block1")
@@ -103,7 +106,9 @@ def residual_block(
     h2 = conv_block(h1, filters, momentum=momentum, name=f"{name}_block2")
     h = keras.layers.Add(name=f"{name}_add")([h1, h2])
     h = keras.layers.ReLU(name=f"{name}_relu2")(h)
-    h = DropBlock(keep_prob, block_size, name=f"{name}_dropblock")(h)
+    h = DropBlock(
+        keep_prob, block_size, gamma=gamma, oversize=oversize, name=f"{name}_dropblock"
+    )(h)
     return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(
         h
     )

@@ -57,6 +57,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     """The command line; building it reads no environment variable."""
     from cifar_helpers.devices import STRATEGIES
     from cifar_helpers.models import ALIASES, CATALOGUE
+    from cifar_helpers.recipes import RECIPES
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -95,6 +96,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         choices=STRATEGIES,
         help="tf.distribute strategy (default: auto, which picks a TPU, several "
         "GPUs or the TF_CONFIG cluster when there is one)",
+    )
+    t.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="default: the model's own (original for baseline_cnn and "
+        "original_resnet, modern for the others); faithful reproduces the original "
+        "part-7 run of original_resnet, test set watched and all",
     )
     t.add_argument(
         "--seed",
@@ -149,6 +157,7 @@ def _train(args, command: str) -> int:
         epochs=args.epochs,
         strategy=args.strategy,
         seed=args.seed,
+        recipe=args.recipe,
     )
     results = runs.train(settings, args.out, command=command)
     if not results.get("worker"):
@@ -164,8 +173,15 @@ def _evaluate(args) -> int:
 
 
 def _print_scores(results: dict):
+    for key in ("train_accuracy", "train_loss"):
+        if key in results:
+            print(f"{key:14s} {results[key]:.4f}")
     for key in ("test_accuracy", "test_top5", "test_loss"):
         print(f"{key:14s} {results[key]:.4f}")
+    if results.get("test_set_watched"):
+        from cifar_helpers.recipes import TEST_WATCHED
+
+        print(f"note: {TEST_WATCHED}.")
 
 
 def _predict(args) -> int:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from cifar_helpers._moved import REMOVED_IN, moved
-from cifar_helpers.augment import Augment
+from cifar_helpers.augment import Augment, OriginalAugment
 from cifar_helpers.blocks import (
     MODERN_MOMENTUM,
     ORIGINAL_MOMENTUM,
@@ -34,6 +34,7 @@ from cifar_helpers.blocks import (
 )
 from cifar_helpers.dropblock import DropBlock
 from cifar_helpers.recipes import MODERN, ORIGINAL, BaseRecipe
+from cifar_helpers.sharpen import Sharpen
 
 ORIGINAL_WIDTHS = (128, 256, 512, 1024)
 BASELINE_FILTERS = (64, 128, 256, 512)
@@ -79,11 +80,23 @@ def _check_sizes(**sizes):
                 raise ValueError(f"{name}={entry!r}: use a whole number of at least 1.")
 
 
-def _scaled_inputs(augment: bool):
-    """uint8 image input, optional in-model augmentation, then the original's
-    scaling of pixels to [-1, 1]."""
+AUGMENTATIONS = {True: Augment, "original": OriginalAugment}
+
+
+def _scaled_inputs(augment, sharpen: bool = False):
+    """uint8 image input, the original's sharpening (when ``sharpen``), in-model
+    augmentation (``augment``: True for :class:`~cifar_helpers.augment.Augment`,
+    ``"original"`` for :class:`~cifar_helpers.augment.OriginalAugment`, False for
+    none), then the original's scaling of pixels to [-1, 1]."""
+    if augment not in (False, None, *AUGMENTATIONS):
+        raise ValueError(
+            f"augment={augment!r}: use True (crop, flip, cutout), 'original' (the "
+            "original's imgaug augmentation) or False."
+        )
     inputs = keras.Input((32, 32, 3), dtype="uint8", name="images")
-    x = Augment(name="augment")(inputs) if augment else inputs
+    x = Sharpen(name="sharpen")(inputs) if sharpen else inputs
+    if augment:
+        x = AUGMENTATIONS[augment](name="augment")(x)
     return inputs, keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")(x)
 
 
@@ -151,8 +164,11 @@ def original_resnet(
     classes: int = 100,
     block_size: int = 5,
     dropout: float = 0.5,
-    augment: bool = True,
+    augment: bool | str = True,
     bn_momentum: float = ORIGINAL_MOMENTUM,
+    sharpen: bool = False,
+    dropblock_gamma: str = "exact",
+    dropblock_oversize: str = "clip",
     name: str = "original_resnet",
 ):
     """The original part-7 residual network, layer for layer.
@@ -169,19 +185,27 @@ def original_resnet(
     Augment` layer (crop, flip, cutout; the identity at inference) comes first.
     ``bn_momentum`` is the original's 0.997; smoke runs, too short for such slow
     running averages, pass a lower one (see :func:`~cifar_helpers.blocks.batch_norm`).
+
+    The faithful recipe (:data:`~cifar_helpers.recipes.FAITHFUL`) builds it as the
+    original trained it: ``sharpen=True`` (a :class:`~cifar_helpers.sharpen.Sharpen`
+    layer first, as the original sharpened every image), ``augment="original"``
+    (its imgaug augmentation) and ``dropblock_gamma="paper"``,
+    ``dropblock_oversize="identity"`` (its DropBlock layer's behaviour).
     """
     if len(widths) != 4:
         raise ValueError(
             f"widths={widths!r}: give four stage widths, like (128, 256, 512, 1024)."
         )
     _check_sizes(hidden=hidden, classes=classes, widths=widths)
-    inputs, x = _scaled_inputs(augment)
+    inputs, x = _scaled_inputs(augment, sharpen)
     for index, filters in enumerate(widths, start=1):
         x = residual_block(
             x,
             filters,
             block_size=block_size,
             momentum=bn_momentum,
+            gamma=dropblock_gamma,
+            oversize=dropblock_oversize,
             name=f"residual{index}",
         )
     outputs = _head(x, hidden, classes, dropout, bn_momentum)

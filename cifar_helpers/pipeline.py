@@ -23,11 +23,14 @@ def make_dataset(
     training: bool,
     seed: int = 0,
     augment: Callable | None = None,
+    reshuffle: bool = True,
 ):
     """A ``tf.data`` pipeline of ``(uint8 images, int labels)`` batches.
 
     The uint8 arrays are cached as they are (4x smaller than floats). For training:
-    a seeded shuffle that changes every epoch, whole batches only (``drop_remainder``,
+    a seeded shuffle that changes every epoch (with ``reshuffle=False``, one
+    shuffle whose order every epoch repeats, as the original series trained),
+    whole batches only (``drop_remainder``,
     so a compiled step always sees one shape), then ``augment(images, seed)`` mapped
     over each batch with a fresh stateless seed (shape ``[2]``) per batch. Evaluation
     keeps order and the last partial batch. Both prefetch.
@@ -36,7 +39,7 @@ def make_dataset(
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
     if training:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=reshuffle)
     ds = ds.batch(batch_size, drop_remainder=training)
     if augment is not None:
         if not training:
@@ -66,14 +69,18 @@ def images_per_second(dataset, *, batches: int = 100, warmup: int = 10) -> float
     return count / (time.perf_counter() - start)
 
 
-def split_datasets(split, batch_size: int, replicas: int = 1):
+def split_datasets(split, batch_size: int, replicas: int = 1, *, reshuffle=True):
     """``(train, validation)`` datasets of a split with a validation part (see
     :func:`cifar_helpers.data.with_validation_split`), as
     :func:`cifar_helpers.training.fit` takes them:
-    shuffled full training batches of ``batch_size``, and validation batches of
-    :func:`eval_batch_size`."""
+    shuffled full training batches of ``batch_size`` (``reshuffle``: see
+    :func:`make_dataset`), and validation batches of :func:`eval_batch_size`."""
     train = make_dataset(
-        split.x_train, split.y_train, batch_size=batch_size, training=True
+        split.x_train,
+        split.y_train,
+        batch_size=batch_size,
+        training=True,
+        reshuffle=reshuffle,
     )
     val_batch = eval_batch_size(len(split.y_val), batch_size, replicas)
     val = make_dataset(split.x_val, split.y_val, batch_size=val_batch, training=False)

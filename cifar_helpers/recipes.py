@@ -8,9 +8,17 @@ recipes share one base, :class:`BaseRecipe`:
 - :class:`OriginalRecipe` (``ORIGINAL``), the original part-7 one (Adam 5e-4, learning
   rate x0.98 an epoch, gradients clipped to a global norm of 100, batch 250, up to 75
   epochs, DropBlock's keep_prob lowered by 0.005 an epoch to 0.8, early stopping with
-  patience 10) with one deliberate fix: early stopping and the choice of the best
-  model watch the validation split, never the test set as the original did.
+  patience 10) with deliberate fixes: early stopping and the choice of the best
+  model watch a validation split, never the test set as the original did; the
+  training data is reshuffled every epoch; augmentation is crop, flip and cutout.
   Introduced in notebook 02.
+- ``FAITHFUL``, the same optimiser and schedules with everything else as the
+  original trained: all 50,000 training images in one fixed order, the test set
+  watched by its early stopping (ten rises in a row,
+  :class:`~cifar_helpers.training.ConsecutiveRiseStopping`), the last epoch's model
+  kept, and the model built with the original's sharpening, imgaug augmentation
+  and DropBlock behaviour (``model_options``). Its test score is optimistic, as
+  the original's was. Introduced in notebook 04.
 - :class:`ModernRecipe` (``MODERN``), notebook 05's: SGD with Nesterov momentum and
   weight decay, a one-cycle learning rate (:class:`OneCycle`), label smoothing
   (:class:`SmoothedSparseCrossentropy`), batch 512, XLA and several steps per
@@ -35,11 +43,26 @@ class BaseRecipe(abc.ABC):
     """What every recipe holds and does; subclasses add their optimizer's settings.
 
     ``monitor`` is what the best checkpoint (and early stopping, when ``patience``
-    is set) watch; ``jit_compile`` and ``steps_per_execution`` go to
+    or ``rises`` is set) watch; ``jit_compile`` and ``steps_per_execution`` go to
     ``Model.compile``. A subclass names the field that :meth:`for_replicas` scales
     (``scaled_rate``) and says how its learning rate is scheduled
     (:meth:`learning_rate_callback`) and over how many epochs ``keep_prob`` falls
     (``keep_prob_epochs``).
+
+    How a run uses its data and what it keeps:
+
+    - ``name``: what ``run.json`` and ``results.json`` call the recipe;
+    - ``validation``: ``"split"`` (2,000 training images held out, the default)
+      or ``"test"`` (no split: all training images train, and the test set is
+      what early stopping and the checkpoints watch, as the original did);
+    - ``reshuffle``: shuffle the training images afresh every epoch, or (False)
+      once, visiting them in that one order every epoch, as the original did;
+    - ``rises``: stop once ``monitor`` has risen in each of the last ``rises``
+      epochs (:class:`~cifar_helpers.training.ConsecutiveRiseStopping`), the
+      original's rule; None for none;
+    - ``keep``: the model a run keeps, ``"best"`` (the best ``monitor``) or
+      ``"last"`` (the last epoch's, as the original saved it);
+    - ``model_options``: keyword arguments (as pairs) for the model's builder.
     """
 
     batch_size: int
@@ -49,6 +72,12 @@ class BaseRecipe(abc.ABC):
     jit_compile: bool | str
     steps_per_execution: int
     monitor: str = "val_loss"
+    name: str = "original"
+    validation: str = "split"
+    reshuffle: bool = True
+    rises: int | None = None
+    keep: str = "best"
+    model_options: tuple = ()
 
     scaled_rate: ClassVar[str]
 
@@ -65,6 +94,21 @@ class BaseRecipe(abc.ABC):
                 _whole(self.steps_per_execution),
                 "a whole number >= 1",
             ),
+            "validation": (self.validation in ("split", "test"), "'split' or 'test'"),
+            "reshuffle": (isinstance(self.reshuffle, bool), "True or False"),
+            "rises": (
+                self.rises is None or _whole(self.rises),
+                "a whole number >= 1, or None",
+            ),
+            "keep": (self.keep in ("best", "last"), "'best' or 'last'"),
+            "model_options": (
+                isinstance(self.model_options, tuple)
+                and all(
+                    isinstance(pair, tuple) and len(pair) == 2
+                    for pair in self.model_options
+                ),
+                "a tuple of (name, value) pairs",
+            ),
             **self.rules(),
         }
         for name, (ok, what) in rules.items():
@@ -76,6 +120,12 @@ class BaseRecipe(abc.ABC):
     def rules(self) -> dict:
         """``{field: (whether its value is allowed, what to use instead)}``."""
         return {}
+
+    @property
+    def watches_test(self) -> bool:
+        """Whether the test set steers the run (early stopping, checkpoints): its
+        test score is then optimistic."""
+        return self.validation == "test"
 
     def for_replicas(self, replicas: int):
         """The recipe for ``replicas`` devices training together: each keeps the
@@ -173,6 +223,27 @@ class OriginalRecipe(BaseRecipe):
 
 
 ORIGINAL = OriginalRecipe()
+
+# The original part-7 run as it was: see the module's doc and notebook 04.
+FAITHFUL = OriginalRecipe(
+    name="faithful",
+    validation="test",
+    reshuffle=False,
+    patience=None,
+    rises=10,
+    keep="last",
+    model_options=(
+        ("sharpen", True),
+        ("augment", "original"),
+        ("dropblock_gamma", "paper"),
+        ("dropblock_oversize", "identity"),
+    ),
+)
+
+TEST_WATCHED = (
+    "early stopping watched the test set, as the original did: this test accuracy "
+    "is optimistic"
+)
 
 
 @keras.saving.register_keras_serializable(package="cifar_helpers")
@@ -333,7 +404,10 @@ class ModernRecipe(BaseRecipe):
         return SmoothedSparseCrossentropy(self.label_smoothing)
 
 
-MODERN = ModernRecipe()
+MODERN = ModernRecipe(name="modern")
+
+# The recipes a run can name (``cifar-helpers train --recipe``).
+RECIPES = {recipe.name: recipe for recipe in (ORIGINAL, FAITHFUL, MODERN)}
 
 
 def compile_model(model, recipe: BaseRecipe = ORIGINAL, *, steps_per_epoch=None):

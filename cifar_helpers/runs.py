@@ -57,8 +57,9 @@ class RunSettings:
     for the recipe's (or :data:`SMOKE_EPOCHS`); ``strategy``: one of
     :data:`cifar_helpers.devices.STRATEGIES`; ``seed``: None for an unseeded run,
     else a whole number below 2**32 (see
-    :func:`cifar_helpers.training.make_reproducible`). A value of the wrong kind
-    raises :class:`RunError`.
+    :func:`cifar_helpers.training.make_reproducible`); ``recipe``: a name of
+    :data:`cifar_helpers.recipes.RECIPES`, None for the model's own. A value of the
+    wrong kind raises :class:`RunError`.
     """
 
     model: str
@@ -67,10 +68,14 @@ class RunSettings:
     epochs: int | None = None
     strategy: str = "auto"
     seed: int | None = None
+    recipe: str | None = None
 
     def __post_init__(self):
+        import inspect
+
         from cifar_helpers.devices import STRATEGIES
         from cifar_helpers.models import ALIASES, CATALOGUE
+        from cifar_helpers.recipes import RECIPES
 
         def whole(value, low, high=None):
             return (
@@ -95,22 +100,41 @@ class RunSettings:
             )
         if self.seed is not None and not whole(self.seed, 0, SEED_LIMIT):
             problems.append(f"seed {self.seed!r} (a whole number from 0 to 2**32 - 1)")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            problems.append(
+                f"recipe {self.recipe!r} (use one of {', '.join(RECIPES)}, or None "
+                "for the model's own)"
+            )
+        elif self.recipe is not None and not problems:
+            name = ALIASES.get(self.model, self.model)
+            takes = inspect.signature(CATALOGUE[name].build).parameters
+            options = [key for key, _ in RECIPES[self.recipe].model_options]
+            if any(key not in takes for key in options):
+                problems.append(
+                    f"recipe {self.recipe!r} with model {name!r} (that recipe builds "
+                    f"its model with {', '.join(options)}, which {name} does not take; "
+                    "use it with original_resnet)"
+                )
         if problems:
             raise RunError("RunSettings: cannot use " + "; ".join(problems) + ".")
 
-    def recipe(self):
-        """The model's own recipe for these settings, on one device."""
+    def chosen_recipe(self):
+        """The recipe these settings name (the model's own when ``recipe`` is
+        None), with their epochs, on one device."""
         from cifar_helpers import models
+        from cifar_helpers.recipes import RECIPES
 
         spec = models.spec(self.model)
-        recipe = spec.recipe
+        recipe = RECIPES[self.recipe] if self.recipe else spec.recipe
         if self.smoke and spec.smoke_batch:
             recipe = dataclasses.replace(recipe, batch_size=spec.smoke_batch)
         epochs = self.epochs or (SMOKE_EPOCHS if self.smoke else recipe.epochs)
         return dataclasses.replace(recipe, epochs=epochs)
 
     def load_split(self):
-        """The data with its validation split (a stratified subset when smoke)."""
+        """The data with its validation split (a stratified subset when smoke); for
+        a recipe that watches the test set, all training images, with the test set
+        in the validation split's place."""
         from cifar_helpers import data
 
         cifar = data.load_cifar100(self.data)
@@ -118,14 +142,16 @@ class RunSettings:
             cifar = data.stratified_subset(
                 cifar, train_per_class=30, test_per_class=10, seed=0
             )
+        if self.chosen_recipe().watches_test:
+            return data.with_test_as_validation(cifar)
         return data.with_validation_split(
             cifar, val_per_class=10 if self.smoke else 20, seed=0
         )
 
     def known_as(self) -> "RunSettings":
         """These settings as a run compares them: the model under its current name
-        (a run started under an old name resumes under the new one), the epochs the
-        recipe resolves to, a data path made absolute."""
+        (a run started under an old name resumes under the new one), the recipe
+        and the epochs it resolves to, a data path made absolute."""
         from cifar_helpers.models import ALIASES
 
         data = self.data
@@ -134,14 +160,15 @@ class RunSettings:
         renamed = dataclasses.replace(
             self, model=ALIASES.get(self.model, self.model), data=data
         )
-        return dataclasses.replace(renamed, epochs=renamed.recipe().epochs)
+        recipe = renamed.chosen_recipe()
+        return dataclasses.replace(renamed, epochs=recipe.epochs, recipe=recipe.name)
 
 
 ANOTHER_FOLDER = resume.ANOTHER_FOLDER
 # What a run folder may hold besides the outcome; a folder holding none of these
 # and not empty is not a run folder.
 RUN_FILES = {*OUTCOME, FINISHED, resume.TRAINED, "best.keras", "history.csv"}
-RUN_FILES |= {"backup", "logs", "curves.png", "workers", ".lock"}
+RUN_FILES |= {"backup", "logs", "curves.png", "workers", ".lock", "last.keras"}
 
 
 def _recorded(run_dir: Path) -> RunSettings | None:
@@ -280,7 +307,7 @@ def _check_folder(run_dir: Path, settings: RunSettings, say=print) -> dict | Non
         )
         say(f"{run_dir}: no committed epoch to resume{legacy}; training starts again.")
     if ended and not finished:
-        asked = settings.recipe().epochs
+        asked = settings.chosen_recipe().epochs
         if ended["epochs"] != asked:
             raise resume.DamagedRunError(
                 f"{run_dir / resume.TRAINED}: records a run of {ended['epochs']} "
@@ -337,7 +364,7 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
     policy = devices.use_precision(spec.precision)
     if settings.seed is not None:
         training.make_reproducible(settings.seed)
-    recipe = devices.for_strategy(settings.recipe(), strategy)
+    recipe = devices.for_strategy(settings.chosen_recipe(), strategy)
     replicas = strategy.num_replicas_in_sync
     print(
         f"strategy {type(strategy).__name__} ({replicas} replicas), precision "
@@ -345,10 +372,20 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
     )
     split = settings.load_split()
     print(split.summary())
-    train_ds, val_ds = pipeline.split_datasets(split, recipe.batch_size, replicas)
+    if recipe.watches_test:
+        print(
+            f"recipe {recipe.name}: no validation split; the test set is watched by "
+            "early stopping, as the original did, so the test score will be "
+            "optimistic"
+        )
+    train_ds, val_ds = pipeline.split_datasets(
+        split, recipe.batch_size, replicas, reshuffle=recipe.reshuffle
+    )
     with strategy.scope():
         model = recipes.compile_model(
-            spec.model(smoke=settings.smoke), recipe, steps_per_epoch=len(train_ds)
+            spec.model(smoke=settings.smoke, **dict(recipe.model_options)),
+            recipe,
+            steps_per_epoch=len(train_ds),
         )
     chief = devices.is_chief(strategy)
     if not chief:
@@ -374,7 +411,10 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
         if not chief:
             return {"worker": True}
         results = {
-            **_save_outcome(run_dir, settings, split, recipe.batch_size),
+            **_save_outcome(run_dir, settings, split, recipe),
+            "recipe": recipe.name,
+            "test_set_watched": recipe.watches_test,
+            **({"note": recipes.TEST_WATCHED} if recipe.watches_test else {}),
             "wall_seconds_this_session": wall,
             "data": split.source,
             "synthetic": split.synthetic,
@@ -391,9 +431,11 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
     return results
 
 
-def _save_outcome(run_dir: Path, settings: RunSettings, split, batch_size) -> dict:
-    """Write the finished run's model, class names, history and curves; return its
-    test scores, epochs run and training speed."""
+def _save_outcome(run_dir: Path, settings: RunSettings, split, recipe) -> dict:
+    """Write the finished run's model (the one the recipe keeps), class names,
+    history and curves; return its test scores, epochs run and training speed, and,
+    when the test set was watched, the training set's scores in inference mode
+    (what the original reported as its training accuracy and loss)."""
     from cifar_helpers import inference, plots, training
 
     history = training.read_history(run_dir / "history.csv")
@@ -411,9 +453,11 @@ def _save_outcome(run_dir: Path, settings: RunSettings, split, batch_size) -> di
             f"history.csv logs {len(history['loss'])}: the files disagree. "
             "Train into another --out folder."
         )
-    # The run's result is its best validation model, whichever session found it.
+    # The run's result is the model its recipe keeps: the best validation model,
+    # whichever session found it, or the last epoch's.
+    kept = "best.keras" if recipe.keep == "best" else training.LAST_MODEL
     model = inference.read_keras_model(
-        run_dir / "best.keras", fix="Train into another --out folder."
+        run_dir / kept, fix="Train into another --out folder."
     )
     with atomic.replacing(run_dir / "model.keras") as partial:
         model.save(partial)
@@ -424,25 +468,23 @@ def _save_outcome(run_dir: Path, settings: RunSettings, split, batch_size) -> di
         figure.savefig(partial, dpi=100)
     seconds = history["epoch_seconds"]
     typical = statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
-    return {
-        **score(model, split, batch_size),
+    results = {
+        **score(model, split, recipe.batch_size),
         "epochs_run": len(history["loss"]),
         "images_per_second": len(split.y_train) / typical,
+        "model_kept": recipe.keep,
     }
+    if recipe.watches_test:
+        scores = _evaluate_on(model, split.x_train, split.y_train, recipe.batch_size)
+        results["train_accuracy"] = scores["accuracy"]
+        results["train_loss"] = scores["loss"]
+    return results
 
 
 def score(model, split, batch_size: int) -> dict:
     """``test_accuracy`` (top-1), ``test_top5`` and ``test_loss`` of a compiled
     model on the split's test set."""
-    from cifar_helpers import pipeline
-
-    test = pipeline.make_dataset(
-        split.x_test,
-        split.y_test,
-        batch_size=pipeline.eval_batch_size(len(split.y_test), batch_size),
-        training=False,
-    )
-    scores = model.evaluate(test, return_dict=True, verbose=0)
+    scores = _evaluate_on(model, split.x_test, split.y_test, batch_size)
     return {
         "test_accuracy": scores["accuracy"],
         "test_top5": scores["top5"],
@@ -450,9 +492,23 @@ def score(model, split, batch_size: int) -> dict:
     }
 
 
+def _evaluate_on(model, images, labels, batch_size: int) -> dict:
+    """A compiled model's metrics on ``images`` in inference mode."""
+    from cifar_helpers import pipeline
+
+    data = pipeline.make_dataset(
+        images,
+        labels,
+        batch_size=pipeline.eval_batch_size(len(labels), batch_size),
+        training=False,
+    )
+    return model.evaluate(data, return_dict=True, verbose=0)
+
+
 def evaluate(run_dir) -> dict:
     """Test accuracy (top-1, top-5) and loss of a finished run's saved model, on
-    the test set of the data it was trained on."""
+    the test set of the data it was trained on; with the run's recipe and whether
+    that recipe watched the test set (then the scores are optimistic)."""
     from cifar_helpers import inference
 
     run_dir = Path(run_dir)
@@ -466,4 +522,9 @@ def evaluate(run_dir) -> dict:
     model = inference.read_keras_model(
         run_dir / "model.keras", fix=_rewrite_advice(run_dir)
     )
-    return score(model, settings.load_split(), settings.recipe().batch_size)
+    recipe = settings.chosen_recipe()
+    return {
+        **score(model, settings.load_split(), recipe.batch_size),
+        "recipe": recipe.name,
+        "test_set_watched": recipe.watches_test,
+    }

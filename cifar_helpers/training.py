@@ -29,6 +29,8 @@ import keras
 from cifar_helpers import devices, lock, recipes, resume
 from cifar_helpers._moved import moved
 
+LAST_MODEL = "last.keras"  # the last epoch's model, for recipes that keep it
+
 
 def fit(
     model,
@@ -86,6 +88,10 @@ def callbacks(model, run_dir, recipe=recipes.ORIGINAL, *, tensorboard=True):
     - :class:`~cifar_helpers.resume.ResumableEarlyStopping` (when the recipe has a
       ``patience``): stop after ``patience`` epochs without a better validation
       loss and restore the best weights; after a resume it carries on counting;
+    - :class:`ConsecutiveRiseStopping` (when the recipe has ``rises``): the
+      original's rule, stop once the loss rose in each of the last ``rises``
+      epochs; and, when the recipe keeps the last model (``keep="last"``), a
+      checkpoint of every epoch (``run_dir/last.keras``);
     - the recipe's ``schedule_callbacks``: the learning rate (logged as
       ``learning_rate``) and, when the model has DropBlock layers,
       :class:`~cifar_helpers.dropblock.KeepProbSchedule` (logged as ``keep_prob``);
@@ -121,6 +127,8 @@ def callbacks(model, run_dir, recipe=recipes.ORIGINAL, *, tensorboard=True):
             ),
         )
     )
+    if recipe.keep == "last":
+        chosen.append(resume.AtomicCheckpoint(str(run_dir / LAST_MODEL)))
     if recipe.patience:
         chosen.append(
             resume.ResumableEarlyStopping(
@@ -131,6 +139,8 @@ def callbacks(model, run_dir, recipe=recipes.ORIGINAL, *, tensorboard=True):
                 restore_best_weights=True,
             )
         )
+    if recipe.rises:
+        chosen.append(ConsecutiveRiseStopping(recipe.monitor, recipe.rises, logged))
     chosen += [
         # Append to the log only when resuming an interrupted run.
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
