@@ -181,6 +181,7 @@ def test_a_modern_model_trains_with_the_modern_recipe(tmp_path):
         "epochs": 2,
         "strategy": "default",
         "seed": None,
+        "recipe": "modern",
     }
 
 
