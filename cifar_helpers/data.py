@@ -518,7 +518,9 @@ def with_test_as_validation(data: Cifar100) -> Cifar100:
             "with_test_as_validation: this data already has a validation split."
         )
     return dataclasses.replace(
-        data, **_rows(data, "test", np.arange(len(data.y_test)), into="val")
+        data,
+        **_rows(data, "test", np.arange(len(data.y_test)), into="val"),
+        source=f"{data.source}; no validation split, the test set in its place",
     )
 
 

@@ -176,13 +176,15 @@ class BaseRecipe(abc.ABC):
 class OriginalRecipe(BaseRecipe):
     """Every setting of the original part-7 run; ``OriginalRecipe()`` holds them.
 
-    Adam at ``learning_rate``, multiplied by ``decay_per_epoch`` after every
-    epoch, gradients clipped to a global norm of ``clip_global_norm``; keep_prob
+    Adam at ``learning_rate`` (with ``adam_epsilon``, TF1's default, which the
+    original used), multiplied by ``decay_per_epoch`` after every epoch, gradients
+    clipped to a global norm of ``clip_global_norm``; keep_prob
     lowered by ``keep_prob_per_epoch`` an epoch down to ``keep_prob_final``; early
     stopping after ``patience`` epochs without a better validation loss.
     """
 
     learning_rate: float = 5e-4
+    adam_epsilon: float = 1e-8  # TF1's AdamOptimizer default (Keras': 1e-7)
     decay_per_epoch: float = 0.98  # learning rate x this after every epoch
     clip_global_norm: float = 100.0
     batch_size: int = 250
@@ -198,6 +200,7 @@ class OriginalRecipe(BaseRecipe):
     def rules(self) -> dict:
         return {
             "learning_rate": (self.learning_rate > 0, "a value > 0"),
+            "adam_epsilon": (self.adam_epsilon > 0, "a value > 0"),
             "clip_global_norm": (self.clip_global_norm > 0, "a value > 0"),
             "keep_prob_per_epoch": (self.keep_prob_per_epoch > 0, "a value > 0"),
             "decay_per_epoch": (0 < self.decay_per_epoch <= 1, "a factor in (0, 1]"),
@@ -216,9 +219,12 @@ class OriginalRecipe(BaseRecipe):
         return keras.callbacks.LearningRateScheduler(self.learning_rate_at)
 
     def make_optimizer(self, steps_per_epoch=None):
-        """Adam with the recipe's learning rate and global-norm clipping."""
+        """Adam with the recipe's learning rate, the original's epsilon and
+        global-norm clipping."""
         return keras.optimizers.Adam(
-            self.learning_rate, global_clipnorm=self.clip_global_norm
+            self.learning_rate,
+            epsilon=self.adam_epsilon,
+            global_clipnorm=self.clip_global_norm,
         )
 
 

@@ -1,11 +1,13 @@
 """The original series' augmentation (imgaug 0.2.8's SomeOf of Crop, Fliplr and
 CoarseDropout), checked against imgaug's definitions: how many augmenters each image
-gets, the share of images flipped, crops that are enlarged windows (with OpenCV's
-INTER_AREA rule, written out here independently), the crop amounts, the coarse masks
-(nearest-enlarged grids of imgaug's sizes) and the share of values they zero."""
+gets, the share of images flipped, crops that are enlarged windows (as OpenCV's
+resize with INTER_AREA enlarges them, which imgaug chose), the crop amounts, the
+coarse masks (grids of imgaug's sizes enlarged as OpenCV's INTER_NEAREST does) and
+the share of values they zero."""
 
 import math
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -33,33 +35,25 @@ def test_some_of_draws_0_to_3_augmenters_equally_often_and_any_subset():
         assert within(single[:, index].mean(), 1 / 3, len(single))
 
 
-def opencv_area_enlarge(window, size):
-    """OpenCV's resize(INTER_AREA) of a 1-D window enlarged to ``size`` pixels, as
-    its C code computes the offsets and weights (imgproc/src/resize.cpp, "area
-    mode": sx = floor(dx * scale), fx = (dx + 1) - (sx + 1) / scale, ...)."""
-    source = len(window)
-    scale, inverse = source / size, size / source
-    out = np.empty(size)
-    for dx in range(size):
-        sx = math.floor(dx * scale)
-        fx = (dx + 1) - (sx + 1) * inverse
-        fx = 0.0 if fx <= 0 else fx - math.floor(fx)
-        if sx >= source - 1:
-            fx, sx = 0.0, source - 1
-        out[dx] = (1 - fx) * window[sx] + fx * window[min(sx + 1, source - 1)]
-    return out
+def opencv_enlarge(window, interpolation=cv2.INTER_AREA):
+    """A 2-D float32 window enlarged to 32 x 32 by OpenCV's resize."""
+    return cv2.resize(np.float32(window), (32, 32), interpolation=interpolation)
 
 
-@pytest.mark.parametrize("length", [8, 13, 20, 26, 31, 32])
-def test_the_enlarging_weights_are_opencvs_inter_area(length):
-    window = np.random.default_rng(length).uniform(0, 255, length)
-    weights = augment.area_enlarge_weights(
-        tf.constant([0]), tf.constant([length]), 32
-    ).numpy()[0]
-    padded = np.concatenate([window, np.zeros(32 - length)])
-    np.testing.assert_allclose(
-        weights @ padded, opencv_area_enlarge(window, 32), atol=1e-4
-    )
+@pytest.mark.parametrize("height", [8, 13, 20, 26, 31, 32])
+@pytest.mark.parametrize("width", [8, 17, 32])
+def test_a_crop_is_its_window_enlarged_by_opencvs_inter_area(height, width):
+    picture = np.random.default_rng(height * width).uniform(0, 255, (32, 32))
+    top, left = (32 - height) // 3, 32 - width
+    bottom, right = 32 - height - top, 0
+    got = augment.crop_and_enlarge(
+        tf.constant(picture[None, :, :, None], tf.float32),
+        *(tf.constant([v]) for v in (top, right, bottom, left)),
+    ).numpy()[0, :, :, 0]
+    window = picture[top : 32 - bottom, left : 32 - right]
+    np.testing.assert_allclose(got, opencv_enlarge(window), atol=2e-3)
+    if (height, width) != (32, 32):  # imgaug's choice matters: not INTER_LINEAR
+        assert np.abs(got - opencv_enlarge(window, cv2.INTER_LINEAR)).max() > 1
 
 
 def test_a_whole_window_is_the_identity_and_a_half_window_doubles_each_pixel():
@@ -95,19 +89,12 @@ def test_crops_cut_0_to_12_pixels_off_each_side_independently_and_enlarge_the_wi
             assert within((side == value).mean(), 1 / 13, len(side))
     assert abs(np.corrcoef(amounts.T)[np.triu_indices(4, 1)]).max() < 0.08
     # Each output is the window those amounts name, enlarged as OpenCV enlarges.
-    sides = [tf.constant(a) for a in amounts.T]
-    np.testing.assert_allclose(augment.crop_and_enlarge(images, *sides), out)
-    picture = np.random.default_rng(2).uniform(0, 255, (32, 32))
-    for index in range(5):
-        tp, rt, bt, lt = amounts[index]
-        window = picture[tp : 32 - bt, lt : 32 - rt]
-        by_rows = np.stack([opencv_area_enlarge(c, 32) for c in window.T], axis=1)
-        expected = np.stack([opencv_area_enlarge(row, 32) for row in by_rows])
-        got = augment.crop_and_enlarge(
-            tf.constant(picture[None, :, :, None], tf.float32),
-            *(tf.constant([v]) for v in (tp, rt, bt, lt)),
-        ).numpy()[0, :, :, 0]
-        np.testing.assert_allclose(got, expected, atol=1e-3)
+    for image, (top, right, bottom, left) in zip(out[:50], amounts, strict=False):
+        for channel in (0, 1):
+            window = images.numpy()[0, top : 32 - bottom, left : 32 - right, channel]
+            np.testing.assert_allclose(
+                image[..., channel], opencv_enlarge(window), atol=2e-3
+            )
 
 
 def asymmetric(batch):
@@ -151,11 +138,12 @@ def test_coarse_masks_are_nearest_enlarged_grids_of_imgaugs_sizes():
             assert within((side == value).mean(), (1 / 32) / 0.23, len(side))
     i = np.arange(32)
     for image, (h, w) in zip(mask[:300], cells[:300], strict=True):
-        rows, cols = (i * h) // 32, (i * w) // 32  # OpenCV's INTER_NEAREST
-        grid = image[np.searchsorted(rows, np.arange(h))][
-            :, np.searchsorted(cols, np.arange(w))
+        # The h x w grid: the first pixel of each cell's rectangle.
+        grid = image[np.searchsorted((i * h) // 32, np.arange(h))][
+            :, np.searchsorted((i * w) // 32, np.arange(w))
         ]
-        np.testing.assert_array_equal(image, grid[rows][:, cols])
+        enlarged = cv2.resize(grid[..., 0], (32, 32), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(image[..., 0], enlarged)
         assert np.all(image == image[..., :1])  # per_channel=0: one mask
     assert within(1 - mask.mean(), 0.5, mask.size // 3 // 25, sigmas=6)
 

@@ -20,6 +20,9 @@ def test_the_recipe_is_the_originals():
     assert recipe.keep_prob_epochs == 40 and recipe.patience == 10
     assert recipe.monitor == "val_loss"  # the validation split, never the test set
     assert recipe.learning_rate_at(3) == pytest.approx(5e-4 * 0.98**3)
+    # TF1's AdamOptimizer, which the original used, has epsilon 1e-8 (Keras: 1e-7).
+    optimizer = recipe.make_optimizer()
+    assert optimizer.epsilon == 1e-8 and optimizer.global_clipnorm == 100
 
 
 @pytest.mark.parametrize(
