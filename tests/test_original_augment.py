@@ -214,3 +214,11 @@ def test_a_model_with_the_layer_trains_under_xla_and_saves_and_loads(tmp_path):
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0)
     )
+
+
+def test_the_layer_runs_under_mixed_precision():
+    layer = augment.OriginalAugment(seed=2, dtype="mixed_float16")
+    images = np.random.default_rng(5).integers(0, 256, (16, 32, 32, 3), np.uint8)
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert out.dtype == np.float16 and out.shape == images.shape
+    assert out.min() >= 0 and out.max() <= 255

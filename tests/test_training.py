@@ -238,3 +238,29 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_would(split):
 def test_a_nan_counts_as_a_rise_as_in_the_original():
     assert training.rose_in_each_of_last([1.0, float("nan"), 2.0], 2)
     assert not training.rose_in_each_of_last([1.0, 2.0], 2)  # needs rises + 1 values
+
+
+def test_a_resumed_faithful_run_gives_the_rise_rule_the_losses_before_the_kill(
+    cifar, tmp_path
+):
+    """The faithful recipe's stopping rule, wired by ``callbacks``, is handed the
+    test losses the run logged before it was killed, so it stops where an
+    uninterrupted run would (the rule itself: the tests above)."""
+    recipe = dataclasses.replace(recipes.FAITHFUL, epochs=3)
+    train, val = _datasets(cifar)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(
+            _narrow_resnet(),
+            train,
+            val,
+            tmp_path,
+            recipe,
+            verbose=0,
+            tensorboard=False,
+            extra_callbacks=[_Interrupt()],
+        )
+    logged = training.read_history(tmp_path / "history.csv")["val_loss"]
+    assert len(logged) == 1 and (tmp_path / training.LAST_MODEL).is_file()
+    chosen = training.callbacks(_narrow_resnet(), tmp_path, recipe, tensorboard=False)
+    rule = next(c for c in chosen if isinstance(c, training.ConsecutiveRiseStopping))
+    assert rule.logged == logged
