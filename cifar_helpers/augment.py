@@ -146,24 +146,23 @@ def _check_arguments(padding, cutout_size):
         )
 
 
-@keras.saving.register_keras_serializable(package="cifar_helpers")
-class Augment(keras.layers.Layer):
-    """Keras layer: :func:`augment_batch` during training, the identity otherwise.
-
-    Put it first in a model so augmentation runs on the accelerator. It casts its
-    input (uint8 pixels, say) to the layer's compute dtype, so it outputs floats in
-    0..255 either way; normalisation comes after it, inside the model.
+class _BatchAugmentation(keras.layers.Layer):
+    """What the series' augmentation layers share: a batch ``B x H x W x C`` in
+    (uint8 pixels, say), cast to the layer's compute dtype, so floats in 0..255
+    come out; the identity at inference; in training, :meth:`augment` with a fresh
+    stateless seed per call, different on each replica (:func:`per_replica_seed`),
+    drawn from a Keras ``SeedGenerator`` (``seed``: an int for reproducible draws).
     """
 
-    def __init__(self, padding=4, flip=True, cutout_size=8, seed=None, **kwargs):
+    def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
-        _check_arguments(padding, cutout_size)
-        self.padding = padding
-        self.flip = flip
-        self.cutout_size = cutout_size
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.input_spec = keras.layers.InputSpec(ndim=4)  # a batch B x H x W x C
+
+    def augment(self, images, seed):
+        """The augmented batch, for a stateless ``seed`` (shape ``[2]``)."""
+        raise NotImplementedError
 
     def call(self, images, training=None):
         images = keras.ops.cast(images, self.compute_dtype)
@@ -172,6 +171,32 @@ class Augment(keras.layers.Layer):
         seed = per_replica_seed(
             keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator)
         )
+        return self.augment(images, seed)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cifar_helpers")
+class Augment(_BatchAugmentation):
+    """Keras layer: :func:`augment_batch` during training, the identity otherwise.
+
+    Put it first in a model so augmentation runs on the accelerator. It casts its
+    input (uint8 pixels, say) to the layer's compute dtype, so it outputs floats in
+    0..255 either way; normalisation comes after it, inside the model.
+    """
+
+    def __init__(self, padding=4, flip=True, cutout_size=8, seed=None, **kwargs):
+        super().__init__(seed, **kwargs)
+        _check_arguments(padding, cutout_size)
+        self.padding = padding
+        self.flip = flip
+        self.cutout_size = cutout_size
+
+    def augment(self, images, seed):
         return augment_batch(
             images,
             seed,
@@ -180,16 +205,12 @@ class Augment(keras.layers.Layer):
             cutout_size=self.cutout_size,
         )
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         return {
             **super().get_config(),
             "padding": self.padding,
             "flip": self.flip,
             "cutout_size": self.cutout_size,
-            "seed": self.seed,
         }
 
 
@@ -421,7 +442,7 @@ def _check_pair(name, value, low, high):
 
 
 @keras.saving.register_keras_serializable(package="cifar_helpers")
-class OriginalAugment(keras.layers.Layer):
+class OriginalAugment(_BatchAugmentation):
     """Keras layer: the original series' imgaug augmentation
     (:func:`original_augment_batch`) during training, the identity otherwise.
 
@@ -443,7 +464,7 @@ class OriginalAugment(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(seed, **kwargs)
         if not isinstance(crop_px, int) or not 0 <= crop_px < 16:
             raise ValueError(
                 f"OriginalAugment: crop_px={crop_px!r}; use an int from 0 to 15."
@@ -461,17 +482,8 @@ class OriginalAugment(keras.layers.Layer):
         self.dropout = _check_pair("dropout", dropout, 0, 1)
         self.size_percent = _check_pair("size_percent", size_percent, 0, 1)
         self.min_size = min_size
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    def call(self, images, training=None):
-        images = keras.ops.cast(images, self.compute_dtype)
-        if not training:
-            return images
-        seed = per_replica_seed(
-            keras.random.randint([2], 0, 2**31 - 1, seed=self.seed_generator)
-        )
+    def augment(self, images, seed):
         return original_augment_batch(
             images,
             seed,
@@ -483,9 +495,6 @@ class OriginalAugment(keras.layers.Layer):
             min_size=self.min_size,
         )
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -495,5 +504,4 @@ class OriginalAugment(keras.layers.Layer):
             "size_percent": list(self.size_percent),
             "per_channel": self.per_channel,
             "min_size": self.min_size,
-            "seed": self.seed,
         }

@@ -79,12 +79,9 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt  # as if the session died after epoch 1
 
 
-@pytest.fixture(scope="module")
-def resumed_run(cifar, tmp_path_factory):
-    """A 3-epoch run interrupted after its first epoch, then resumed: the run
-    folder, whether it counted as finished when interrupted, and the resumed
-    session's History."""
-    run_dir = tmp_path_factory.mktemp("run")
+def _fit_until_killed(cifar, run_dir, recipe):
+    """Train the narrow network into ``run_dir`` until the session dies after its
+    first epoch; return the datasets, to resume with."""
     train, val = _datasets(cifar)
     with pytest.raises(KeyboardInterrupt):
         training.fit(
@@ -92,10 +89,20 @@ def resumed_run(cifar, tmp_path_factory):
             train,
             val,
             run_dir,
-            THREE_EPOCHS,
+            recipe,
             verbose=0,
             extra_callbacks=[_Interrupt()],
         )
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def resumed_run(cifar, tmp_path_factory):
+    """A 3-epoch run interrupted after its first epoch, then resumed: the run
+    folder, whether it counted as finished when interrupted, and the resumed
+    session's History."""
+    run_dir = tmp_path_factory.mktemp("run")
+    train, val = _fit_until_killed(cifar, run_dir, THREE_EPOCHS)
     interrupted = (
         (run_dir / "best.keras").is_file(),
         training.run_finished(run_dir),
@@ -247,18 +254,7 @@ def test_a_resumed_faithful_run_gives_the_rise_rule_the_losses_before_the_kill(
     test losses the run logged before it was killed, so it stops where an
     uninterrupted run would (the rule itself: the tests above)."""
     recipe = dataclasses.replace(recipes.FAITHFUL, epochs=3)
-    train, val = _datasets(cifar)
-    with pytest.raises(KeyboardInterrupt):
-        training.fit(
-            _narrow_resnet(),
-            train,
-            val,
-            tmp_path,
-            recipe,
-            verbose=0,
-            tensorboard=False,
-            extra_callbacks=[_Interrupt()],
-        )
+    _fit_until_killed(cifar, tmp_path, recipe)
     logged = training.read_history(tmp_path / "history.csv")["val_loss"]
     assert len(logged) == 1 and (tmp_path / training.LAST_MODEL).is_file()
     chosen = training.callbacks(_narrow_resnet(), tmp_path, recipe, tensorboard=False)
