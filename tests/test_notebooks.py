@@ -37,6 +37,18 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_its_own_id(path):
+    """nbformat 4.5 cells carry an id; a cell added without one is a validation
+    warning today and, nbformat says, an error in future versions."""
+    import json
+
+    cells = json.loads(path.read_text())["cells"]
+    ids = [cell.get("id") for cell in cells]
+    assert None not in ids, "a cell has no id: add one (8 hex digits)"
+    assert len(set(ids)) == len(ids), "two cells share an id"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_opens_with_its_numbered_title(path):
     first = _read(path).cells[0]
     assert first.cell_type == "markdown"
