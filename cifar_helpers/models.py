@@ -318,26 +318,29 @@ def preact_resnet18(
     return keras.Model(inputs, outputs, name=name)
 
 
-def macs_per_image(model) -> int:
-    """Multiply-accumulates of one image's forward pass through ``model``.
+def layer_macs(layer) -> int:
+    """Multiply-accumulates of one image's pass through ``layer``: ``Conv2D``
+    (output pixels x kernel area x input channels x filters) and ``Dense``
+    (inputs x units); 0 for other layers (batch norm, activations, pooling and
+    DropBlock add comparatively little)."""
+    if isinstance(layer, keras.layers.Conv2D):
+        _, height, width, filters = layer.output.shape
+        kernel_h, kernel_w = layer.kernel_size
+        return int(
+            height * width * kernel_h * kernel_w * layer.input.shape[-1] * filters
+        )
+    if isinstance(layer, keras.layers.Dense):
+        return int(layer.input.shape[-1] * layer.units)
+    return 0
 
-    Counts the layers that dominate: ``Conv2D`` (output pixels x kernel area x input
-    channels x filters) and ``Dense`` (inputs x units), nested models included;
-    batch norm, activations, pooling and DropBlock add comparatively little and are
-    left out. A training step costs about three times this (forward, and the two
-    products of the backward pass).
-    """
-    total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, filters = layer.output.shape
-            kernel_h, kernel_w = layer.kernel_size
-            total += (
-                height * width * kernel_h * kernel_w * layer.input.shape[-1] * filters
-            )
-        elif isinstance(layer, keras.layers.Dense):
-            total += layer.input.shape[-1] * layer.units
-    return int(total)
+
+def macs_per_image(model) -> int:
+    """Multiply-accumulates of one image's forward pass through ``model``: the sum
+    of :func:`layer_macs` over its layers, nested models included. A training step
+    costs about three times this (forward, and the two products of the backward
+    pass)."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return sum(layer_macs(layer) for layer in layers)
 
 
 # ---------------------------------------------------------------- the catalogue

@@ -37,6 +37,16 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_markdown_latex_has_single_backslashes(path):
+    """``\\approx`` in a markdown cell renders as a line break and "approx", not
+    as the symbol: LaTeX commands take one backslash."""
+    for cell in _read(path).cells:
+        if cell.cell_type == "markdown":
+            found = re.search(r"\\\\[A-Za-z]+", _source(cell))
+            assert not found, f"{found.group()} in: {_source(cell)[:80]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_cell_has_its_own_id(path):
     """nbformat 4.5 cells carry an id; a cell added without one is a validation
     warning today and, nbformat says, an error in future versions."""
