@@ -139,14 +139,10 @@ class RunSettings:
 
         cifar = data.load_cifar100(self.data)
         if self.smoke:
-            cifar = data.stratified_subset(
-                cifar, train_per_class=30, test_per_class=10, seed=0
-            )
+            cifar = data.stratified_subset(cifar, train_per_class=30, test_per_class=10)
         if self.chosen_recipe().watches_test:
             return data.with_test_as_validation(cifar)
-        return data.with_validation_split(
-            cifar, val_per_class=10 if self.smoke else 20, seed=0
-        )
+        return data.with_validation_split(cifar, val_per_class=10 if self.smoke else 20)
 
     def known_as(self) -> "RunSettings":
         """These settings as a run compares them: the model under its current name

@@ -47,6 +47,20 @@ def test_markdown_latex_has_single_backslashes(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_data_is_split_with_the_series_one_seed(path):
+    """A notebook that passed its own seed would split differently from the others,
+    and notebook 06 would score models on images they trained on."""
+    for cell in _read(path).cells:
+        calls = re.findall(
+            r"data\.(?:with_validation_split|stratified_subset)\([^)]*\)",
+            _source(cell),
+            flags=re.S,
+        )
+        for call in calls:
+            assert "seed=" not in call, call
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_cell_has_its_own_id(path):
     """nbformat 4.5 cells carry an id; a cell added without one is a validation
     warning today and, nbformat says, an error in future versions."""
