@@ -55,6 +55,24 @@ TWINS = {
             dict(units=10, dropout=0.0, activation=False, momentum=0.9, name="d"),
         ],
     ),
+    "conv_bn_relu": (
+        blocks.conv_bn_relu,
+        MAPS,
+        [dict(filters=8, name="c"), dict(filters=4, momentum=0.99, name="c")],
+    ),
+    "resnet9_residual": (
+        blocks.resnet9_residual,
+        MAPS,
+        [dict(name="r"), dict(momentum=0.99, name="r")],
+    ),
+    "preact_block": (
+        blocks.preact_block,
+        MAPS,
+        [
+            dict(filters=4, name="p"),  # same shape: the identity shortcut
+            dict(filters=8, strides=2, name="p"),  # a projection shortcut
+        ],
+    ),
     "baseline_cnn": (
         models.baseline_cnn,
         MODEL,
