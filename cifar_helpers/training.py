@@ -342,9 +342,16 @@ def training_speed(
     )
     data = tf.data.Dataset.from_tensors(batch).repeat().prefetch(2)
     if warmup:
-        model.fit(data, steps_per_epoch=per_call, epochs=1, verbose=0)
+        model.fit(data, steps_per_epoch=per_call, epochs=1, shuffle=False, verbose=0)
     timer = _TrainTimer()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    model.fit(
+        data,
+        steps_per_epoch=steps,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[timer],
+    )
     return batch_size * steps / timer.seconds
 
 
