@@ -240,7 +240,11 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(raw: bytes, where: str) -> dict:
+def unpickle(raw: bytes, where: str) -> dict:
+    """The dict a CIFAR pickle (``raw`` bytes, read from ``where``) holds, unpickled
+    with :class:`_ArrayUnpickler`, which refuses anything but dicts, lists, bytes and
+    NumPy arrays: a plain ``pickle.loads`` calls whatever function the file names.
+    Introduced in notebook 01."""
     try:
         obj = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as error:
@@ -325,7 +329,7 @@ def read_folder(path: str | os.PathLike) -> Cifar100:
 
 
 def _parse_members(raw: dict[str, bytes], where: str) -> Cifar100:
-    meta = _unpickle(raw["meta"], f"{where} (meta)")
+    meta = unpickle(raw["meta"], f"{where} (meta)")
     fine_names = _names(meta, b"fine_label_names", NUM_FINE, f"{where} (meta)")
     coarse_names = _names(meta, b"coarse_label_names", NUM_COARSE, f"{where} (meta)")
     x_train, y_train, c_train = _split_arrays(raw["train"], f"{where} (train)")
@@ -407,7 +411,7 @@ def _whole_numbers(obj: dict, key: bytes, where: str) -> np.ndarray:
 
 
 def _split_arrays(raw: bytes, where: str):
-    obj = _unpickle(raw, where)
+    obj = unpickle(raw, where)
     try:
         data = np.asarray(_require(obj, b"data", where))
     except (TypeError, ValueError) as error:

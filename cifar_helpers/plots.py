@@ -56,21 +56,6 @@ def superclass_grid(images, fine_labels, fine_names, coarse_names, fine_to_coars
     return fig
 
 
-def class_counts(labels, names, *, title: str = "Images per class"):
-    """Bar chart of how many images each class has, with the mean as a line."""
-    counts = np.bincount(np.asarray(labels), minlength=len(names))
-    fig, ax = plt.subplots(figsize=(12, 3))
-    ax.bar(np.arange(len(names)), counts, width=0.8)
-    ax.axhline(counts.mean(), color="black", lw=0.8, ls="--", label="mean")
-    ax.set_xlim(-1, len(names))
-    ax.set_xlabel("class index")
-    ax.set_ylabel("images")
-    ax.set_title(f"{title} (min {counts.min()}, max {counts.max()})")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def channel_histograms(images, *, bins: int = 64):
     """Histogram of the pixel values of each colour channel of uint8 RGB images."""
     pixels = np.asarray(images).reshape(-1, 3)
@@ -252,12 +237,16 @@ def history_comparison(histories, *, title: str = ""):
 
 
 def training_curves(history, *, title: str = ""):
-    """Accuracy, loss, learning rate and keep_prob per epoch of one run.
+    """Accuracy, loss, learning rate and (for a model with DropBlock) keep_prob per
+    epoch of one run: a panel for each metric the history holds.
 
     ``history`` maps a metric to its per-epoch values (``History.history``, or the
-    run's ``history.json``); panels whose metric is missing are left empty.
+    run's ``history.json``).
     """
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    schedules = [m for m in ("learning_rate", "keep_prob") if m in history]
+    fig, axes = plt.subplots(
+        1, 2 + len(schedules), figsize=(4 * (2 + len(schedules)), 3.6)
+    )
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(axes[:2], ("accuracy", "loss"), strict=True):
         ax.plot(epochs, history[metric], label="training")
@@ -265,11 +254,8 @@ def training_curves(history, *, title: str = ""):
             ax.plot(epochs, history[f"val_{metric}"], label="validation")
         ax.set_title(metric)
         ax.legend(fontsize=8)
-    for ax, metric in zip(axes[2:], ("learning_rate", "keep_prob"), strict=True):
-        if metric in history:
-            ax.plot(epochs, history[metric], "o-", markersize=3)
-        else:
-            ax.text(0.5, 0.5, "not in this run", ha="center", transform=ax.transAxes)
+    for ax, metric in zip(axes[2:], schedules, strict=True):
+        ax.plot(epochs, history[metric], "o-", markersize=3)
         ax.set_title(metric)
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -317,7 +303,8 @@ def confusion_heatmap(matrix, names, *, title: str = ""):
 
 
 def per_class_bars(accuracy, names, *, count: int = 10):
-    """The ``count`` worst and best classes by accuracy, side by side."""
+    """The ``count`` worst and best classes by accuracy, side by side, each bar
+    labelled with its value; the title says how many classes score 0."""
     accuracy = np.asarray(accuracy, dtype=float)
     order = np.argsort(accuracy, kind="stable")
     order = order[~np.isnan(accuracy[order])]
@@ -326,25 +313,35 @@ def per_class_bars(accuracy, names, *, count: int = 10):
         (axes[0], order[:count], "worst"),
         (axes[1], order[::-1][:count], "best"),
     ):
-        ax.barh([names[i] for i in picked][::-1], accuracy[picked][::-1])
+        bars = ax.barh([names[i] for i in picked][::-1], accuracy[picked][::-1])
+        ax.bar_label(
+            bars, labels=[f"{v:.0%}" for v in accuracy[picked][::-1]], fontsize=7
+        )
         ax.set_title(f"{label} {len(picked)} classes")
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, 1.1)
         ax.set_xlabel("accuracy")
+    zeros = int(np.sum(accuracy[order] == 0))
+    fig.suptitle(f"{zeros} of {len(order)} classes at 0 %", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def reliability_diagram(result):
     """Accuracy against confidence per bin (from ``evaluation.reliability``), with
-    the diagonal of perfect calibration and the expected calibration error."""
+    the diagonal of perfect calibration and the expected calibration error, and
+    below it how many images fall in each bin (Guo et al.'s second panel: a bin of
+    few images says little)."""
     edges = result["edges"]
     centres = (edges[:-1] + edges[1:]) / 2
+    widths = np.diff(edges)
     filled = result["counts"] > 0
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(4.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     ax.bar(
         centres[filled],
         result["accuracy"][filled],
-        width=np.diff(edges)[filled],
+        width=widths[filled],
         edgecolor="black",
         label="accuracy",
     )
@@ -356,12 +353,14 @@ def reliability_diagram(result):
         color="tab:orange",  # the bars are blue
         label="mean confidence",
     )
-    ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"expected calibration error {result['ece']:.3f}")
     ax.legend(loc="upper left")
+    counts.bar(centres, result["counts"], width=widths, edgecolor="black", color="gray")
+    counts.set_ylabel("images")
+    counts.set_xlabel("confidence (top-1 probability)")
     fig.tight_layout()
     return fig
 

@@ -36,12 +36,6 @@ def test_superclass_grid_has_one_row_per_superclass(cifar):
     assert titles == set(cifar.fine_names)
 
 
-def test_class_counts_draws_a_bar_per_class(cifar):
-    fig = plots.class_counts(cifar.y_train, cifar.fine_names)
-    assert len(fig.axes[0].patches) == 100
-    assert "min 12, max 12" in fig.axes[0].get_title()
-
-
 def test_channel_histograms_label_each_channel_with_its_statistics(cifar):
     fig = plots.channel_histograms(cifar.x_train[:50])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
@@ -139,11 +133,16 @@ def test_training_curves_show_both_splits_and_the_schedules():
     assert list(keep.lines[0].get_ydata()) == [1.0, 0.995] and rate.lines
 
 
-def test_training_curves_leave_missing_schedules_empty():
+def test_training_curves_draw_a_panel_only_for_the_metrics_the_run_has():
     history = {"accuracy": [0.1], "loss": [2.0]}
     fig = plots.training_curves(history)
-    assert not fig.axes[3].lines and len(fig.axes[0].lines) == 1
-    assert fig.axes[3].texts[0].get_text() == "not in this run"
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 1
+    with_rate = plots.training_curves({**history, "learning_rate": [0.1]})
+    assert [ax.get_title() for ax in with_rate.axes] == [
+        "accuracy",
+        "loss",
+        "learning_rate",
+    ]
 
 
 def test_learning_rate_schedules_compare_shapes_scaled_to_their_peaks():
@@ -169,6 +168,8 @@ def test_per_class_bars_pick_the_worst_and_the_best():
     worst, best = fig.axes[:2]
     assert [t.get_text() for t in worst.get_yticklabels()] == ["d", "b"]
     assert [t.get_text() for t in best.get_yticklabels()] == ["d", "a"]
+    assert [t.get_text() for t in worst.texts] == ["50%", "10%"]  # bar labels
+    assert fig._suptitle.get_text() == "0 of 3 classes at 0 %"
 
 
 def test_reliability_diagram_draws_the_filled_bins_and_names_the_ece():
@@ -179,6 +180,8 @@ def test_reliability_diagram_draws_the_filled_bins_and_names_the_ece():
     fig = plots.reliability_diagram(result)
     assert len(fig.axes[0].patches) == int((result["counts"] > 0).sum())
     assert f"{result['ece']:.3f}" in fig.axes[0].get_title()
+    heights = [bar.get_height() for bar in fig.axes[1].patches]  # images per bin
+    assert heights == list(result["counts"])
 
 
 def test_mistakes_gallery_shows_the_most_confident_mistakes_first():
