@@ -3,9 +3,9 @@
 Each helper takes a tensor and returns a tensor, naming its layers after ``name``
 so that ``model.summary()`` reads like the original code. Settings follow the
 original TF1 code: batch norm with momentum 0.997 and epsilon 1e-5, convolutions
-and dense layers without biases (batch norm follows each one and has its own
-shift), Glorot-uniform ("Xavier") initial weights. Introduced in notebook 02
-(``cnn_block``, ``dense_block``) and notebook 04 (the residual blocks).
+and dense layers without biases, as the original (batch norm follows most of them
+and has its own shift), Glorot-uniform ("Xavier") initial weights. Introduced in
+notebook 02 (``cnn_block``, ``dense_block``) and notebook 04 (the residual blocks).
 
 The modern blocks of notebook 05 (``conv_bn_relu``, ``resnet9_residual``,
 ``preact_block``) use He-normal initial weights, as residual networks since He et
