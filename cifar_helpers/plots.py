@@ -101,6 +101,74 @@ def augmentation_rows(originals, augmented, *, labels=None):
     return fig
 
 
+RESIDUAL_UNITS = {
+    "He et al. 2015 (post-activation)": (
+        ["x", "conv 3x3", "BN", "ReLU", "conv 3x3", "BN", "+", "ReLU"],
+        0,
+        6,
+    ),
+    "He et al. 2016 (pre-activation)": (
+        ["x", "BN", "ReLU", "conv 3x3", "BN", "ReLU", "conv 3x3", "+"],
+        0,
+        7,
+    ),
+    "the original (part 7)": (
+        [
+            "x",
+            "conv block: (BN, ReLU, conv) x 2",
+            "ReLU: h1",
+            "conv block: (BN, ReLU, conv) x 2",
+            "+",
+            "ReLU",
+            "DropBlock",
+            "max-pool 3x3, stride 2",
+        ],
+        2,
+        4,
+    ),
+}
+
+
+def residual_units(units=RESIDUAL_UNITS):
+    """Residual units side by side, top to bottom: each step a box, the main path in
+    black, the skip connection in red from the step it starts after to the addition.
+    ``units`` maps a title to ``(steps, skip_from, add_at)`` (indices into steps)."""
+    fig, axes = plt.subplots(1, len(units), figsize=(3.8 * len(units), 6))
+    for ax, (title, (steps, start, add)) in zip(axes, units.items(), strict=True):
+        ys = np.linspace(0.93, 0.07, len(steps))
+        for y, label in zip(ys, steps, strict=True):
+            colour = "#f6d5d5" if label == "+" else "#dde3f3"
+            ax.text(
+                0.42,
+                y,
+                label,
+                ha="center",
+                va="center",
+                fontsize=8,
+                bbox={"boxstyle": "round", "fc": colour},
+            )
+        for upper, lower in zip(ys, ys[1:], strict=False):
+            ax.annotate(
+                "",
+                xy=(0.42, lower + 0.03),
+                xytext=(0.42, upper - 0.03),
+                arrowprops={"arrowstyle": "->"},
+            )
+        ax.plot([0.5, 0.92, 0.92], [ys[start], ys[start], ys[add]], color="tab:red")
+        ax.annotate(
+            "",
+            xy=(0.5, ys[add]),
+            xytext=(0.92, ys[add]),
+            arrowprops={"arrowstyle": "->", "color": "tab:red"},
+        )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def map_grid(maps, titles=None, *, ncols=6, cmap="viridis", vmin=None, vmax=None):
     """A grid of 2-D float maps (``N x H x W``), each on its own colour scale unless
     ``vmin`` and ``vmax`` set one for all."""

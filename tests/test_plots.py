@@ -200,3 +200,16 @@ def test_saliency_maps_overlay_each_map_on_its_image():
     assert [len(ax.images) for ax in overlays] == [2, 2, 2]
     np.testing.assert_allclose(overlays[1].images[1].get_array(), maps[1])
     assert fig.axes[2].get_title() == "c"
+
+
+def test_residual_units_draw_each_unit_with_its_skip():
+    fig = plots.residual_units()
+    assert [ax.get_title() for ax in fig.axes] == list(plots.RESIDUAL_UNITS)
+    for ax, (steps, start, add) in zip(
+        fig.axes, plots.RESIDUAL_UNITS.values(), strict=True
+    ):
+        assert [t.get_text() for t in ax.texts if t.get_text()] == steps
+        (skip,) = ax.lines  # the red skip line, from its start to the addition
+        ys = skip.get_ydata()
+        assert ys[0] > ys[-1] and steps[add] == "+"
+        assert start < add
