@@ -12,6 +12,7 @@ command line, the notebooks, the tests and the benchmarks all read it.
 """
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Callable
 
@@ -332,6 +333,29 @@ def layer_macs(layer) -> int:
     if isinstance(layer, keras.layers.Dense):
         return int(layer.input.shape[-1] * layer.units)
     return 0
+
+
+# The blocks the series' models name their layers after (residual1_block2_conv1...).
+BLOCK_NAMES = r"conv\d+|residual\d+|fully_connected\d+|logits"
+
+
+def block_costs(model) -> dict:
+    """Per block of ``model`` (a layer's name up to :data:`BLOCK_NAMES`; any other
+    layer alone): ``{block: (output shape, trainable parameters, MACs per image)}``,
+    the output shape being that of the block's last layer. Notebooks 02 and 04 print
+    it instead of ``model.summary()``."""
+    costs = {}
+    for layer in model.layers[1:]:
+        named = re.match(BLOCK_NAMES, layer.name)
+        block = named.group() if named else layer.name
+        params = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+        _, total, macs = costs.get(block, (None, 0, 0))
+        costs[block] = (
+            tuple(layer.output.shape[1:]),
+            total + params,
+            macs + layer_macs(layer),
+        )
+    return costs
 
 
 def macs_per_image(model) -> int:

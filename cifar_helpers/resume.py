@@ -41,6 +41,7 @@ from cifar_helpers import atomic
 
 TRAINED = "trained.json"  # written when training ends, before the backup goes
 FINISHED = "finished.json"  # written last by cifar_helpers.runs.train
+LAST_MODEL = "last.keras"  # the last epoch's model, for recipes that keep it
 
 
 class DamagedRunError(ValueError):

@@ -164,7 +164,7 @@ ANOTHER_FOLDER = resume.ANOTHER_FOLDER
 # What a run folder may hold besides the outcome; a folder holding none of these
 # and not empty is not a run folder.
 RUN_FILES = {*OUTCOME, FINISHED, resume.TRAINED, "best.keras", "history.csv"}
-RUN_FILES |= {"backup", "logs", "curves.png", "workers", ".lock", "last.keras"}
+RUN_FILES |= {"backup", "logs", "curves.png", "workers", ".lock", resume.LAST_MODEL}
 
 
 def _recorded(run_dir: Path) -> RunSettings | None:
@@ -451,7 +451,7 @@ def _save_outcome(run_dir: Path, settings: RunSettings, split, recipe) -> dict:
         )
     # The run's result is the model its recipe keeps: the best validation model,
     # whichever session found it, or the last epoch's.
-    kept = "best.keras" if recipe.keep == "best" else training.LAST_MODEL
+    kept = "best.keras" if recipe.keep == "best" else resume.LAST_MODEL
     model = inference.read_keras_model(
         run_dir / kept, fix="Train into another --out folder."
     )

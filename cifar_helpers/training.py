@@ -29,7 +29,7 @@ import keras
 from cifar_helpers import devices, lock, recipes, resume
 from cifar_helpers._moved import moved
 
-LAST_MODEL = "last.keras"  # the last epoch's model, for recipes that keep it
+LAST_MODEL = resume.LAST_MODEL
 
 
 def fit(

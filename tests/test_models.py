@@ -230,3 +230,15 @@ def test_a_smoke_model_is_the_full_models_layers_narrower(name):
 def test_an_unknown_model_name_lists_the_catalogue():
     with pytest.raises(ValueError, match="use one of baseline_cnn, original_resnet"):
         models.spec("vgg")
+
+
+def test_block_costs_sum_each_blocks_layers():
+    model = models.original_resnet(widths=(4, 4, 8, 8), hidden=16)
+    costs = models.block_costs(model)
+    assert list(costs)[:2] == ["augment", "to_minus1_1"]
+    assert {"residual1", "residual4", "fully_connected1", "logits"} <= set(costs)
+    assert sum(p for _, p, _ in costs.values()) == sum(
+        int(np.prod(w.shape)) for w in model.trainable_weights
+    )
+    assert sum(m for _, _, m in costs.values()) == models.macs_per_image(model)
+    assert costs["residual1"][0] == (16, 16, 4)  # after the block's pool
