@@ -4,7 +4,7 @@ a record of the machine for a run's results.
 Each choice is split in two: a pure decision that takes the facts as arguments
 (:func:`precision_for`, :func:`strategy_kind`), tested with stated inputs, and a
 function that reads the facts off this machine and applies the decision
-(:func:`choose_precision`, :func:`choose_strategy`). Introduced in notebook 05.
+(:func:`choose_precision`, :func:`choose_strategy`). Introduced in notebook 07.
 """
 
 import dataclasses

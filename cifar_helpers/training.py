@@ -328,7 +328,7 @@ def training_speed(
     (labels 0..99), from the first step to the last (``fit``'s set-up excluded).
     ``warmup`` first runs one call that compiles the step; pass ``False`` when
     timing the same model again. The weights change, so time a model before
-    training it, or a copy. Introduced in notebook 05.
+    training it, or a copy. Introduced in notebook 07.
     """
     import numpy as np
     import tensorflow as tf
