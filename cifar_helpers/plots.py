@@ -350,14 +350,24 @@ def learning_rate_schedules(schedules, *, xlabel: str = "epoch"):
     return fig
 
 
-def confusion_heatmap(matrix, names, *, title: str = ""):
+def confusion_heatmap(matrix, names, *, title: str = "", hide_diagonal: bool = False):
     """A confusion matrix (rows: true class, columns: predicted) as a heat map of
     each row's shares, so that classes of any size compare; ``names`` label both
-    axes (20 superclasses read well; 100 classes are drawn without labels)."""
+    axes (20 superclasses read well; 100 classes are drawn without labels).
+
+    ``hide_diagonal`` blanks the right answers and scales the colours to the largest
+    off-diagonal share, so that the mistakes, a few percent each, stand out instead
+    of a bright diagonal taking the whole colour range."""
     matrix = np.asarray(matrix, dtype=float)
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    label = "share of the true class's images"
+    top = 1.0
+    if hide_diagonal:
+        shares[np.diag_indices_from(shares)] = np.nan
+        top = max(float(np.nanmax(shares)), 1e-9) if shares.size > 1 else 1.0
+        label += " (right answers left out)"
     fig, ax = plt.subplots(figsize=(7, 6))
-    image = ax.imshow(shares, cmap="viridis", vmin=0, vmax=1)
+    image = ax.imshow(shares, cmap="viridis", vmin=0, vmax=top)
     if len(names) <= 30:
         ticks = np.arange(len(names))
         ax.set_xticks(ticks, names, rotation=90, fontsize=7)
@@ -365,7 +375,7 @@ def confusion_heatmap(matrix, names, *, title: str = ""):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="share of the true class's images")
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     return fig
 
@@ -446,6 +456,22 @@ def mistakes_gallery(images, labels, probabilities, names, *, count: int = 16):
         for i in picked
     ]
     return image_grid(np.asarray(images)[picked], titles, ncols=8, cell=1.4)
+
+
+def files_and_inputs(originals, inputs, top_titles, bottom_titles):
+    """Each file as it is (top row: ``originals``, PIL images or arrays of any size)
+    above what the model receives (bottom row: ``inputs``, ``N x 32 x 32 x 3``)."""
+    count = len(originals)
+    fig, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.8), squeeze=False)
+    for column in range(count):
+        axes[0, column].imshow(originals[column])
+        axes[0, column].set_title(top_titles[column], fontsize=8)
+        axes[1, column].imshow(inputs[column])
+        axes[1, column].set_title(bottom_titles[column], fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
 
 
 def saliency_maps(images, maps, titles=None, *, alpha: float = 0.5):

@@ -162,6 +162,27 @@ def test_confusion_heatmap_shows_row_shares():
     np.testing.assert_allclose(shares, [[0.75, 0.25], [0.0, 1.0]])
 
 
+def test_confusion_heatmap_can_leave_out_the_right_answers():
+    fig = plots.confusion_heatmap(
+        np.array([[6, 3, 1], [0, 10, 0], [2, 2, 6]]), list("abc"), hide_diagonal=True
+    )
+    shares = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    assert np.isnan(np.diag(shares)).all()
+    assert np.isclose(np.nanmax(shares), 0.3)
+    assert fig.axes[0].images[0].get_clim() == (0, 0.3)  # scaled to the mistakes
+
+
+def test_files_and_inputs_shows_each_file_above_its_model_input():
+    originals = [np.zeros((200, 100, 3), np.uint8), np.zeros((40, 40, 4), np.uint8)]
+    inputs = np.zeros((2, 32, 32, 3), np.uint8)
+    fig = plots.files_and_inputs(originals, inputs, ["a", "b"], ["x", "y"])
+    top, bottom = fig.axes[:2], fig.axes[2:]
+    assert [ax.get_title() for ax in top] == ["a", "b"]
+    assert [ax.get_title() for ax in bottom] == ["x", "y"]
+    assert top[0].images[0].get_array().shape[:2] == (200, 100)
+    assert bottom[1].images[0].get_array().shape[:2] == (32, 32)
+
+
 def test_per_class_bars_pick_the_worst_and_the_best():
     accuracy = np.array([0.9, 0.1, np.nan, 0.5])
     fig = plots.per_class_bars(accuracy, ["a", "b", "c", "d"], count=2)
