@@ -335,15 +335,16 @@ def layer_macs(layer) -> int:
     return 0
 
 
-# The blocks the series' models name their layers after (residual1_block2_conv1...).
-BLOCK_NAMES = r"conv\d+|residual\d+|fully_connected\d+|logits"
+# The blocks the series' models name their layers after (residual1_block2_conv1...,
+# and ResNet-9's prep_conv, layer1_residual_1_conv...).
+BLOCK_NAMES = r"conv\d+|residual\d+|fully_connected\d+|logits|prep|layer\d+"
 
 
 def block_costs(model) -> dict:
     """Per block of ``model`` (a layer's name up to :data:`BLOCK_NAMES`; any other
     layer alone): ``{block: (output shape, trainable parameters, MACs per image)}``,
-    the output shape being that of the block's last layer. Notebooks 02 and 04 print
-    it instead of ``model.summary()``."""
+    the output shape being that of the block's last layer. Notebooks 02, 04 and 05
+    print it instead of ``model.summary()``."""
     costs = {}
     for layer in model.layers[1:]:
         named = re.match(BLOCK_NAMES, layer.name)

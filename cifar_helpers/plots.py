@@ -350,6 +350,22 @@ def learning_rate_schedules(schedules, *, xlabel: str = "epoch"):
     return fig
 
 
+def per_layer_norms(norms, *, ylabel: str = "gradient norm"):
+    """One line per entry of ``norms`` (``{label: values, one per layer}``) against
+    the layer's depth, on a log scale, so that a factor of 100 between the first and
+    the last layer shows as plainly as one of 2."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, values in norms.items():
+        ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (1 = nearest the input)")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def confusion_heatmap(matrix, names, *, title: str = "", hide_diagonal: bool = False):
     """A confusion matrix (rows: true class, columns: predicted) as a heat map of
     each row's shares, so that classes of any size compare; ``names`` label both

@@ -232,6 +232,20 @@ def test_an_unknown_model_name_lists_the_catalogue():
         models.spec("vgg")
 
 
+def test_block_costs_group_resnet9_by_its_stages():
+    model = models.resnet9(widths=(8, 16, 16, 32))
+    costs = models.block_costs(model)
+    assert [b for b in costs if b.startswith(("prep", "layer"))] == [
+        "prep",
+        "layer1",
+        "layer2",
+        "layer3",
+    ]
+    layer1 = [w for w in model.trainable_weights if w.path.startswith("layer1")]
+    assert costs["layer1"][1] == sum(int(np.prod(w.shape)) for w in layer1)
+    assert costs["layer3"][0] == (4, 4, 32)
+
+
 def test_block_costs_sum_each_blocks_layers():
     model = models.original_resnet(widths=(4, 4, 8, 8), hidden=16)
     costs = models.block_costs(model)

@@ -156,6 +156,16 @@ def test_learning_rate_schedules_compare_shapes_scaled_to_their_peaks():
     assert labels == ["one cycle (peak 0.4)", "decay (peak 0.0005)"]
 
 
+def test_per_layer_norms_draws_one_log_scaled_line_per_stack():
+    fig = plots.per_layer_norms(
+        {"plain": [100.0, 10.0, 1.0], "residual": [2.0, 1.5, 1]}
+    )
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert [line.get_label() for line in ax.lines] == ["plain", "residual"]
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2, 3])
+
+
 def test_confusion_heatmap_shows_row_shares():
     fig = plots.confusion_heatmap(np.array([[3, 1], [0, 2]]), ["a", "b"])
     shares = fig.axes[0].images[0].get_array()
