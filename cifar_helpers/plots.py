@@ -380,7 +380,8 @@ def confusion_heatmap(matrix, names, *, title: str = "", hide_diagonal: bool = F
     top = 1.0
     if hide_diagonal:
         shares[np.diag_indices_from(shares)] = np.nan
-        top = max(float(np.nanmax(shares)), 1e-9) if shares.size > 1 else 1.0
+        mistakes = shares[~np.isnan(shares)]
+        top = mistakes.max() if mistakes.size and mistakes.max() > 0 else 1.0
         label += " (right answers left out)"
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(shares, cmap="viridis", vmin=0, vmax=top)
