@@ -332,6 +332,9 @@ def export(model, folder, names) -> Path:
     """
     import tensorflow as tf
 
+    from cifar_helpers import stack
+
+    stack.require_supported()  # Model.export takes input_signature from Keras 3.8
     folder = Path(folder)
     if folder.exists():
         raise ModelError(

@@ -18,7 +18,10 @@ it spans several workers):
   ``trained.json``, that training ended (never inferred from which files exist);
 - :func:`fast_forward`: the training dataset's shuffles replayed.
 
-Checked against Keras 3.15 (TensorFlow 2.21), the versions in ``constraints.txt``.
+Checked against Keras 3.10 (TensorFlow 2.16, ``constraints-lowest.txt``) and Keras
+3.15 (TensorFlow 2.21, ``constraints.txt``): CI runs the tests on both. Older Keras
+releases resume silently wrong, so importing this module refuses them
+(:func:`cifar_helpers.stack.require_supported`).
 The private names it touches, each a place to look when Keras changes:
 ``ModelCheckpoint._save_model``; ``BackupAndRestore._save_model``,
 ``_load_model``, ``_current_epoch``, ``_last_batch_seen``,
@@ -37,7 +40,9 @@ from pathlib import Path
 
 import keras
 
-from cifar_helpers import atomic
+from cifar_helpers import atomic, stack
+
+stack.require_supported()  # older Keras restores no weights and replays other shuffles
 
 TRAINED = "trained.json"  # written when training ends, before the backup goes
 FINISHED = "finished.json"  # written last by cifar_helpers.runs.train
@@ -357,8 +362,8 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 def iterations_started(epochs: int, dataset) -> int:
-    """How many times ``Model.fit`` (Keras 3.15) has started iterating a training
-    ``dataset`` before epoch ``epochs``: once per epoch, plus, for a dataset of
+    """How many times ``Model.fit`` (Keras 3.7 and later) has started iterating a
+    training ``dataset`` before epoch ``epochs``: once per epoch, plus, for a dataset of
     known length, one more at each epoch's end that it drops unread (see
     ``keras/src/trainers/epoch_iterator.py``). Each start reshuffles."""
     known = int(dataset.cardinality()) >= 0
