@@ -7,7 +7,7 @@ package itself only carries its version, so importing it is instant.
 import re
 import warnings
 
-__version__ = "0.2.3"
+__version__ = "0.3.0"
 
 __all__ = ["__version__", "require_version"]
 

@@ -20,13 +20,14 @@ The story of a run, in the order :func:`fit` tells it:
 Introduced in notebook 02.
 """
 
+import json
 import math
 import time
 from pathlib import Path
 
 import keras
 
-from cifar_helpers import devices, lock, recipes, resume
+from cifar_helpers import atomic, devices, lock, recipes, resume
 from cifar_helpers._moved import moved
 
 LAST_MODEL = resume.LAST_MODEL
@@ -390,3 +391,34 @@ __getattr__ = moved(
     },
     renamed={"Recipe": ("recipes", "OriginalRecipe")},
 )
+
+
+def record_result(
+    runs,
+    notebook: str,
+    *,
+    model: str,
+    epochs: int,
+    val_accuracy,
+    test_accuracy,
+    note=None,
+) -> Path:
+    """Write ``<runs>/results/<notebook>.json``: a notebook's headline numbers (the
+    model, the precision policy it trained in, epochs run, validation and test
+    accuracy as fractions) for the results table of ``make series``
+    (``tools/series.py``), which reads them after it runs the notebook. Written
+    atomically; a later run of the notebook replaces it."""
+    record = {
+        "notebook": notebook,
+        "model": model,
+        "precision": keras.mixed_precision.global_policy().name,
+        "epochs": int(epochs),
+        "val_accuracy": None if val_accuracy is None else float(val_accuracy),
+        "test_accuracy": None if test_accuracy is None else float(test_accuracy),
+    }
+    if note:
+        record["note"] = note
+    path = Path(runs) / "results" / f"{notebook}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(record, indent=2) + "\n")
+    return path

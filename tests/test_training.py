@@ -148,6 +148,66 @@ def test_the_backup_holds_the_random_generators_states(resumed_run):
     assert all(saved != start for saved, start in advanced)
 
 
+class _WeightsAtStart(keras.callbacks.Callback):
+    """Keeps the state (model and optimizer) ``fit`` starts its first epoch with,
+    after the backup's restore, then stops the session. The schedules set
+    ``keep_prob`` and the learning rate for the new epoch just before, so those
+    two are left out."""
+
+    SCHEDULED = ("keep_prob", "learning_rate")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.state = _state(self.model)
+        raise KeyboardInterrupt
+
+
+def _state(model) -> list:
+    """(name, value) of the model's weights and optimizer variables, in order (the
+    order depends on the architecture only; paths also on what was built before)."""
+    variables = [*model.weights, *model.optimizer.variables]
+    return [
+        (v.name, v.numpy())
+        for v in variables
+        if not any(name in v.path for name in _WeightsAtStart.SCHEDULED)
+    ]
+
+
+def test_a_resumed_run_starts_from_the_backups_weights(cifar, tmp_path):
+    # Keras <= 3.6 never restored this backup (stack.KERAS_FIXES): a resume then
+    # trained on from fresh weights with the backup's epoch number. Nothing but a
+    # comparison with the backup itself notices that, so it is made here.
+    train, val = _fit_until_killed(cifar, tmp_path, THREE_EPOCHS)
+    record = resume.committed_backup(tmp_path)
+    saved = _narrow_resnet()
+    saved.optimizer.build(saved.trainable_variables)
+    saved.load_weights(tmp_path / "backup" / record["weights"])
+    keras.utils.set_random_seed(1)  # other initial weights than the backup's
+    fresh = recipes.compile_model(
+        models.original_resnet(widths=(4, 4, 8, 8), hidden=16)
+    )
+    fresh.optimizer.build(fresh.trainable_variables)
+    initial = _state(fresh)
+    start = _WeightsAtStart()
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(
+            fresh,
+            train,
+            val,
+            tmp_path,
+            THREE_EPOCHS,
+            verbose=0,
+            extra_callbacks=[start],
+        )
+    assert start.epoch == record["epoch"] == 1
+    backup = _state(saved)
+    assert [n for n, _ in start.state] == [n for n, _ in backup] and len(backup) > 50
+    pairs = zip(initial, backup, strict=True)
+    assert not all(np.array_equal(a, b) for (_, a), (_, b) in pairs)  # a real restore
+    for (name, restored), (_, value) in zip(start.state, backup, strict=True):
+        np.testing.assert_array_equal(restored, value, err_msg=name)
+
+
 class _Poison(keras.callbacks.Callback):
     """Sets a kernel to NaN before step 3 of epoch 2, as a diverging run would."""
 
