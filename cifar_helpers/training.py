@@ -356,6 +356,37 @@ def training_speed(
     return batch_size * steps / timer.seconds
 
 
+def record_result(
+    runs,
+    notebook: str,
+    *,
+    model: str,
+    epochs: int,
+    val_accuracy,
+    test_accuracy,
+    note=None,
+) -> Path:
+    """Write ``<runs>/results/<notebook>.json``: a notebook's headline numbers (the
+    model, the precision policy it trained in, epochs run, validation and test
+    accuracy as fractions) for the results table of ``make series``
+    (``tools/series.py``), which reads them after it runs the notebook. Written
+    atomically; a later run of the notebook replaces it."""
+    record = {
+        "notebook": notebook,
+        "model": model,
+        "precision": keras.mixed_precision.global_policy().name,
+        "epochs": int(epochs),
+        "val_accuracy": None if val_accuracy is None else float(val_accuracy),
+        "test_accuracy": None if test_accuracy is None else float(test_accuracy),
+    }
+    if note:
+        record["note"] = note
+    path = Path(runs) / "results" / f"{notebook}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
 # Names that lived here before cifar_helpers 0.2.
 __getattr__ = moved(
     __name__,
@@ -391,34 +422,3 @@ __getattr__ = moved(
     },
     renamed={"Recipe": ("recipes", "OriginalRecipe")},
 )
-
-
-def record_result(
-    runs,
-    notebook: str,
-    *,
-    model: str,
-    epochs: int,
-    val_accuracy,
-    test_accuracy,
-    note=None,
-) -> Path:
-    """Write ``<runs>/results/<notebook>.json``: a notebook's headline numbers (the
-    model, the precision policy it trained in, epochs run, validation and test
-    accuracy as fractions) for the results table of ``make series``
-    (``tools/series.py``), which reads them after it runs the notebook. Written
-    atomically; a later run of the notebook replaces it."""
-    record = {
-        "notebook": notebook,
-        "model": model,
-        "precision": keras.mixed_precision.global_policy().name,
-        "epochs": int(epochs),
-        "val_accuracy": None if val_accuracy is None else float(val_accuracy),
-        "test_accuracy": None if test_accuracy is None else float(test_accuracy),
-    }
-    if note:
-        record["note"] = note
-    path = Path(runs) / "results" / f"{notebook}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps(record, indent=2) + "\n")
-    return path

@@ -83,7 +83,9 @@ def test_notebook_opens_with_its_numbered_title(path):
 def test_colab_badge_points_at_this_notebook_in_the_repository(path):
     first = _source(_read(path).cells[0])
     badges = re.findall(
-        r"\(https://colab\.research\.google\.com/github/([^)]+)\)", first
+        r"\[!\[Open In Colab\]\([^)]*\)\]"
+        r"\(https://colab\.research\.google\.com/github/([^)]+)\)",
+        first,
     )
     assert badges == [f"{GITHUB}/blob/main/notebooks/{path.name}"]
 

@@ -208,6 +208,28 @@ def test_a_results_file_written_by_the_notebook_fills_its_row(
     assert row["original_series"] == "70.7 % (reported, part 7)"
 
 
+def test_the_notebooks_writer_and_the_runners_reader_agree(tmp_path):
+    # training.record_result is what notebooks 02-05 call; the runner reads it.
+    import time
+
+    from cifar_helpers import training
+
+    since = time.time()
+    training.record_result(
+        tmp_path,
+        "04",
+        model="original_resnet (original recipe)",
+        epochs=41,
+        val_accuracy=0.70449,
+        test_accuracy=0.6987,
+    )
+    result = series.read_result(tmp_path, "04", since)
+    assert result["precision"] == "float32" and result["epochs"] == 41
+    entry = _entry("04_residual_network", result=result)
+    (row,) = _body(series.render_table(series.table_rows(_record(**{"04": entry}))))
+    assert "70.4" in row and "69.9" in row and "41" in row and "float32" in row
+
+
 def test_a_results_file_older_than_the_run_is_not_taken(tmp_path):
     path = tmp_path / "results" / "04.json"
     path.parent.mkdir()
