@@ -87,7 +87,8 @@ def keep_runs_on_drive(say=print) -> str | None:
             f"Google Drive is not mounted ({type(error).__name__}: {error}). Run "
             f"folders stay in {RUNS}/ on this Colab VM: they are lost when it "
             "disconnects, and other notebooks (each runs on its own VM) will not "
-            "find them. To keep them, run this cell again and allow access to Drive."
+            "find them. To keep them, run this cell again, allow access to Drive, "
+            "then run the cells from the parameters cell on."
         )
         return None
     os.makedirs(DRIVE_RUNS, exist_ok=True)
