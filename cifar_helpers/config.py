@@ -85,9 +85,10 @@ def keep_runs_on_drive(say=print) -> str | None:
     except Exception as error:  # declined, timed out, or no Drive for this account
         say(
             f"Google Drive is not mounted ({type(error).__name__}: {error}). Run "
-            f"folders stay in {RUNS}/ on this Colab VM: they are lost when it "
-            "disconnects, and other notebooks (each runs on its own VM) will not "
-            "find them. To keep them, run this cell again, allow access to Drive, "
+            f"folders stay in {RUNS}/ on this Colab VM: they are lost when its "
+            "runtime is recycled, and other notebooks (each runs on its own VM) "
+            "will not find them. To keep them, run this cell again, allow access "
+            "to Drive, "
             "then run the cells from the parameters cell on."
         )
         return None

@@ -68,7 +68,8 @@ def test_a_declined_mount_says_what_it_costs_and_keeps_runs_on_the_vm(colab):
     calls["decline"] = True
     said = []
     assert config.keep_runs_on_drive(say=said.append) is None
-    assert "lost when it disconnects" in said[0] and "run this cell again, allow access" in said[0]
+    assert "lost when its runtime is recycled" in said[0]
+    assert "run this cell again, allow access" in said[0]
     assert config.from_env().runs == "runs"
 
 
