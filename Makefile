@@ -8,6 +8,9 @@
 #               speed against the original (tables + JSON)
 #   make series every notebook in full mode, headless and in order, on a GPU with the
 #               real data; resumes where it stopped; table in series/results.md
+#   make gpu-check  is this GPU machine ready? tests, smoke notebooks, a full-size step
+#               of every model, determinism, benchmark (reduced form on a CPU)
+#   make links  point badges, install cells and Colab links at pyproject's Repository
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
