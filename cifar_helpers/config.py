@@ -41,6 +41,12 @@ class RunConfig:
         (``_smoke`` appended), so they never resume or replace a full run."""
         return f"{self.runs}/{name}" + ("_smoke" if self.smoke else "")
 
+    def result_file(self, notebook: str) -> str:
+        """Where notebook ``notebook`` ("02") records its headline numbers
+        (``training.record_result``) and ``make series`` reads them; smoke runs
+        keep theirs apart, as their run folders."""
+        return f"{self.run_dir('results')}/{notebook}.json"
+
     def describe(self) -> str:
         """One line for a notebook's output, saying plainly what kind of run this is."""
         mode = "SMOKE run (reduced data)" if self.smoke else "full run"

@@ -357,7 +357,7 @@ def training_speed(
 
 
 def record_result(
-    runs,
+    run,
     notebook: str,
     *,
     model: str,
@@ -366,11 +366,13 @@ def record_result(
     test_accuracy,
     note=None,
 ) -> Path:
-    """Write ``<runs>/results/<notebook>.json``: a notebook's headline numbers (the
-    model, the precision policy it trained in, epochs run, validation and test
-    accuracy as fractions) for the results table of ``make series``
-    (``tools/series.py``), which reads them after it runs the notebook. Written
-    atomically; a later run of the notebook replaces it."""
+    """Write a notebook's headline numbers (the model, the precision policy it
+    trained in, epochs run, validation and test accuracy as fractions) to
+    ``run.result_file(notebook)`` (``run`` is the notebook's
+    :class:`cifar_helpers.config.RunConfig`: ``runs/results/02.json``, or
+    ``runs/results_smoke/...`` in a smoke run), for the results table of ``make
+    series`` (``tools/series.py``), which reads them after it runs the notebook.
+    Written atomically; a later run of the notebook replaces it."""
     record = {
         "notebook": notebook,
         "model": model,
@@ -381,7 +383,7 @@ def record_result(
     }
     if note:
         record["note"] = note
-    path = Path(runs) / "results" / f"{notebook}.json"
+    path = Path(run.result_file(notebook))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, json.dumps(record, indent=2) + "\n")
     return path

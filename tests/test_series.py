@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cifar_helpers import config
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("series", ROOT / "tools" / "series.py")
 series = importlib.util.module_from_spec(_spec)
@@ -197,9 +199,10 @@ def test_a_results_file_written_by_the_notebook_fills_its_row(
     tmp_path, fake_runs, monkeypatch
 ):
     def run_notebook(source, output, parameters):
-        results = Path(os.environ["CIFAR_RUNS"]) / "results"
-        results.mkdir(parents=True, exist_ok=True)
-        (results / "04.json").write_text(json.dumps(RESULT_04))
+        run = config.RunConfig(smoke=True, runs=os.environ["CIFAR_RUNS"])
+        results = Path(run.result_file("04"))  # runs/results_smoke/04.json
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(RESULT_04))
 
     monkeypatch.setattr(series, "run_notebook", run_notebook)
     assert series.main([*SMOKE, "--only", "04", "--out", str(tmp_path)]) == 0
@@ -215,15 +218,16 @@ def test_the_notebooks_writer_and_the_runners_reader_agree(tmp_path):
     from cifar_helpers import training
 
     since = time.time()
+    run = config.RunConfig(runs=str(tmp_path))
     training.record_result(
-        tmp_path,
+        run,
         "04",
         model="original_resnet (original recipe)",
         epochs=41,
         val_accuracy=0.70449,
         test_accuracy=0.6987,
     )
-    result = series.read_result(tmp_path, "04", since)
+    result = series.read_result(tmp_path / "results" / "04.json", since)
     assert result["precision"] == "float32" and result["epochs"] == 41
     entry = _entry("04_residual_network", result=result)
     (row,) = _body(series.render_table(series.table_rows(_record(**{"04": entry}))))
@@ -235,8 +239,8 @@ def test_a_results_file_older_than_the_run_is_not_taken(tmp_path):
     path.parent.mkdir()
     path.write_text(json.dumps(RESULT_04))
     os.utime(path, (1_000_000, 1_000_000))
-    assert series.read_result(tmp_path, "04", since=2_000_000) is None
-    assert series.read_result(tmp_path, "04", since=1_000_000) == RESULT_04
+    assert series.read_result(path, since=2_000_000) is None
+    assert series.read_result(path, since=1_000_000) == RESULT_04
 
 
 def test_a_folder_of_a_smoke_series_refuses_a_full_one(tmp_path, fake_runs, capsys):

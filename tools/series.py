@@ -254,10 +254,10 @@ def machine() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def read_result(runs: Path, number: str, since: float) -> dict | None:
-    """``runs/results/NN.json`` if the notebook wrote it during this run (a file
+def read_result(path: Path, since: float) -> dict | None:
+    """The results file a notebook writes (``training.record_result``, at
+    ``RunConfig.result_file``) if the notebook wrote it during this run (a file
     older than the run is another run's), else None."""
-    path = runs / "results" / f"{number}.json"
     if not path.exists() or path.stat().st_mtime < since - 1:
         return None
     try:
@@ -425,7 +425,8 @@ def main(argv=None) -> int:
             error = entry["error"] = describe(caught)
         entry["ended"] = now()
         entry["minutes"] = round((time.monotonic() - clock) / 60, 2)
-        entry["result"] = read_result(runs, number, started)
+        results = config.RunConfig(smoke=smoke, runs=str(runs)).result_file(number)
+        entry["result"] = read_result(Path(results), started)
         write_record(out, record)
         write_results(out, record, command)
         if entry["status"] == "interrupted":
