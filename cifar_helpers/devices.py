@@ -183,7 +183,9 @@ def check_fit_supported(strategy):
     ``tests/test_distribution.py`` checks it on every run of the tests)."""
     import tensorflow as tf
 
-    version = tuple(int(part) for part in keras.__version__.split(".")[:2])
+    from cifar_helpers import stack
+
+    version = stack.parse(keras.__version__)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if (
         multi_worker

@@ -69,13 +69,17 @@ def fix_command(libraries) -> str:
     return f"%pip install -q -U {wanted}"
 
 
+def too_old(versions: dict) -> list[str]:
+    """The libraries of ``versions`` (name -> version text) older than their floor."""
+    return [name for name, version in versions.items() if parse(version) < FLOORS[name]]
+
+
 def problems(versions: dict) -> list[str]:
     """One sentence per library of ``versions`` (name -> version text) that is
     older than its floor; empty when the stack is supported."""
     found = []
-    for name, version in versions.items():
-        if parse(version) >= FLOORS[name]:
-            continue
+    for name in too_old(versions):
+        version = versions[name]
         oldest = floor_text(name)
         text = (
             f"{name} {version} is older than {oldest}, the oldest the series supports"
@@ -93,10 +97,10 @@ def advice(versions: dict) -> str | None:
     found = problems(versions)
     if not found:
         return None
-    old = [name for name, version in versions.items() if parse(version) < FLOORS[name]]
+    command = fix_command(too_old(versions))
     return (
         " ".join(found)
-        + f"\nFix: run `{fix_command(old)}` in a notebook cell (or the same line "
+        + f"\nFix: run `{command}` in a notebook cell (or the same line "
         "without % in a terminal), then restart the kernel (Colab: Runtime > "
         "Restart session) and run the notebook again from the top."
     )
