@@ -1,6 +1,8 @@
 """Notebook lint: the house style that a reader and CI rely on (see STYLE.md)."""
 
+import importlib
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -8,10 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# The one home of the repository's address (tomllib is not in Python 3.10).
-REPOSITORY = re.search(
-    r'^Repository = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M
-).group(1)
+# The one home of the repository's address: pyproject.toml, read by tools/links.py.
+sys.path.insert(0, str(ROOT / "tools"))
+REPOSITORY = importlib.import_module("links").repository(ROOT)
 GITHUB = REPOSITORY.removeprefix("https://github.com/")
 
 
