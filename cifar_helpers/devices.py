@@ -177,27 +177,31 @@ def for_strategy(recipe, strategy):
     return scaled
 
 
+def across_workers(strategy) -> bool:
+    """Whether ``strategy`` trains one model across several worker processes (a
+    ``MultiWorkerMirroredStrategy`` whose ``TF_CONFIG`` names more than one)."""
+    import tensorflow as tf
+
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+
+
 def check_fit_supported(strategy):
     """Refuse, with the reason, what this Keras cannot do: ``Model.fit`` across
     several workers fails in Keras 3.15 and earlier (keras-team/keras#20585;
-    ``tests/test_distribution.py`` checks it on every run of the tests)."""
-    import tensorflow as tf
-
+    ``tests/test_distribution.py`` checks it on every run of the tests). The loop of
+    :mod:`cifar_helpers.loop` trains there instead."""
     from cifar_helpers import stack
 
-    version = stack.parse(keras.__version__)
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if (
-        multi_worker
-        and strategy.extended._in_multi_worker_mode()
-        and version <= (3, 15)
-    ):
+    if across_workers(strategy) and stack.parse(keras.__version__) <= (3, 15):
         raise StrategyError(
-            f"Keras {keras.__version__} cannot train one model across several "
-            "machines: Model.fit fails under MultiWorkerMirroredStrategy "
-            "(https://github.com/keras-team/keras/issues/20585). Train on one "
-            "machine (all its GPUs: --strategy mirrored), or use a newer Keras "
-            "once that issue is fixed."
+            f"Keras {keras.__version__}'s Model.fit cannot train one model across "
+            "several machines: it fails under MultiWorkerMirroredStrategy "
+            "(https://github.com/keras-team/keras/issues/20585). Train with "
+            "cifar_helpers.loop.fit, the training loop written out, which "
+            "`python -m cifar_helpers train --strategy multiworker` uses."
         )
 
 

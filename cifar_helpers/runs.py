@@ -347,7 +347,7 @@ def train(settings: RunSettings, out, *, command: str | None = None, verbose=1):
 
 
 def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
-    from cifar_helpers import devices, lock, models, pipeline, recipes, training
+    from cifar_helpers import devices, lock, loop, models, pipeline, recipes, training
 
     finished = _check_folder(run_dir, settings)
     if finished is not None:
@@ -397,15 +397,19 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
             # on the folder a later command starts in.
             recorded = dataclasses.asdict(settings.known_as())
             atomic.write_text(run_dir / RUN_FILE, json.dumps(recorded, indent=2))
-        start = time.perf_counter()
+        start, digest = time.perf_counter(), None
         if training.run_finished(run_dir):
             print(f"{run_dir}: training finished before; writing the results.")
             resume.drop_backup(run_dir)  # left if killed just as training ended
         else:
-            training.fit(model, train_ds, val_ds, run_dir, recipe, verbose=verbose)
+            # Model.fit fails across workers: the loop written out trains there.
+            fit = loop.fit if devices.across_workers(strategy) else training.fit
+            fit(model, train_ds, val_ds, run_dir, recipe, verbose=verbose)
+            digest = weights_digest(model)
+            print(f"weights digest {digest} (each worker of a cluster prints one)")
         wall = time.perf_counter() - start
         if not chief:
-            return {"worker": True}
+            return {"worker": True, "weights_digest": digest}
         results = {
             **_save_outcome(run_dir, settings, split, recipe),
             "recipe": recipe.name,
@@ -417,6 +421,7 @@ def _train(settings: RunSettings, run_dir: Path, command, verbose) -> dict:
             "smoke": settings.smoke,
             "precision": policy,
             "replicas": replicas,
+            "weights_digest": digest,
             "command": command,
             **devices.environment(),
         }
@@ -475,6 +480,18 @@ def _save_outcome(run_dir: Path, settings: RunSettings, split, recipe) -> dict:
         results["train_accuracy"] = scores["accuracy"]
         results["train_loss"] = scores["loss"]
     return results
+
+
+def weights_digest(model) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's weights (their bytes, in
+    the model's order): equal on every worker of a cluster that trained together,
+    and on two runs that ended bit for bit alike."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def score(model, split, batch_size: int) -> dict:
