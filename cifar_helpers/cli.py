@@ -261,6 +261,7 @@ def _run(args, argv, prog) -> int:
     from cifar_helpers.devices import StrategyError
     from cifar_helpers.inference import ImageError, ModelError
     from cifar_helpers.lock import FolderInUseError
+    from cifar_helpers.loop import WorkerLost
     from cifar_helpers.resume import DamagedRunError
     from cifar_helpers.runs import RunError
     from cifar_helpers.training import TrainingDiverged
@@ -280,6 +281,7 @@ def _run(args, argv, prog) -> int:
         DamagedRunError,
         FolderInUseError,
         TrainingDiverged,
+        WorkerLost,
     ) as error:
         return _error(error, status=1)
     except KeyboardInterrupt:

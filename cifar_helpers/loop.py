@@ -49,6 +49,11 @@ import tensorflow as tf
 from cifar_helpers import lock, recipes, resume, training
 
 
+class WorkerLost(RuntimeError):
+    """A worker of the cluster stopped (killed, preempted, crashed) while this one
+    trained; the message says how to carry on."""
+
+
 def make_train_step(model, global_batch, jit_compile=False):
     """One training step on every replica: ``step(images, labels)`` takes a
     distributed batch and returns the loss of the global batch (its mean over
@@ -196,23 +201,41 @@ def fit(model, train_ds, val_ds, run_dir, recipe=recipes.ORIGINAL, *, verbose=1)
             epochs=recipe.epochs,
             steps=steps if steps > 0 else None,
         )
-        model.stop_training, logs = False, None
+        model.stop_training = False
         callbacks.on_train_begin()  # the backup, if any, restores the model here
-        for epoch in range(first_epoch, recipe.epochs):
-            callbacks.on_epoch_begin(epoch)
-            sums, batches = np.zeros(4), 0
-            for batch, (images, labels) in enumerate(train):
-                callbacks.on_train_batch_begin(batch)
-                sums += [float(value) for value in step(images, labels)]
-                batches += 1
-                callbacks.on_train_batch_end(batch, _logs(sums, batches))
-            average_moving_statistics(model)
-            logs = _logs(sums, batches)
-            if val_ds is not None:
-                val = evaluate(model, val_ds, eval_step)
-                logs.update({f"val_{name}": value for name, value in val.items()})
-            callbacks.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
+        try:
+            epochs = range(first_epoch, recipe.epochs)
+            logs = _epochs(model, step, eval_step, train, val_ds, callbacks, epochs)
+        except tf.errors.UnavailableError as error:  # a peer stopped responding
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            named = [line for line in lines if "unhealthy" in line or "task" in line]
+            reason = (named or lines or ["no reason given"])[0][:300]
+            raise WorkerLost(
+                f"a worker of the cluster stopped ({reason}). Start every worker "
+                "again with the same command: the run resumes from its last "
+                f"committed epoch ({run_dir}/backup)."
+            ) from None
         callbacks.on_train_end(logs)
         return history
+
+
+def _epochs(model, step, eval_step, train, val_ds, callbacks, epochs):
+    """The epochs ``epochs`` (a range) of :func:`fit`; returns the last one's logs."""
+    logs = None
+    for epoch in epochs:
+        callbacks.on_epoch_begin(epoch)
+        sums, batches = np.zeros(4), 0
+        for batch, (images, labels) in enumerate(train):
+            callbacks.on_train_batch_begin(batch)
+            sums += [float(value) for value in step(images, labels)]
+            batches += 1
+            callbacks.on_train_batch_end(batch, _logs(sums, batches))
+        average_moving_statistics(model)
+        logs = _logs(sums, batches)
+        if val_ds is not None:
+            val = evaluate(model, val_ds, eval_step)
+            logs.update({f"val_{name}": value for name, value in val.items()})
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    return logs

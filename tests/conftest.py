@@ -17,7 +17,9 @@ notebooks in Colab, ``make bench-modern-gpu``), not by ``make test``. Also here:
   whole process.
 """
 
+import json
 import os
+import socket
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,3 +51,24 @@ def synthetic_archive(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cifar(synthetic_archive):
     return data.read_archive(synthetic_archive)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tf_configs():
+    """``tf_configs(n)``: one ``TF_CONFIG`` per worker of an ``n``-worker cluster on
+    this machine's loopback, each on a free port."""
+
+    def configs(workers=2):
+        cluster = {"worker": [f"localhost:{_free_port()}" for _ in range(workers)]}
+        return [
+            json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            for i in range(workers)
+        ]
+
+    return configs

@@ -2,19 +2,24 @@
 save its losses and final weights. The distribution tests run it in fresh
 processes, because a process's devices and cluster are fixed once TensorFlow starts.
 
-Usage: python tests/distributed_run.py STRATEGY OUT.npz
+Usage: python tests/distributed_run.py STRATEGY OUT.npz [fit|loop]
 STRATEGY: ``default`` (one device), ``mirrored`` (two logical CPU devices), or
-``multiworker`` (the cluster that ``TF_CONFIG`` describes). The tests run it with
-GPUs hidden (``tests/conftest.py``), so that it compares CPU devices anywhere.
+``multiworker`` (the cluster that ``TF_CONFIG`` describes). It trains with Keras'
+own ``Model.fit`` (not ``training.fit``: the tests record what Keras does), or with
+``loop`` (:func:`cifar_helpers.loop.fit`, writing its run folder beside OUT). The
+tests run it with GPUs hidden (``tests/conftest.py``), so that it compares CPU
+devices anywhere.
 """
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 kind, out = sys.argv[1], sys.argv[2]
+trainer = sys.argv[3] if len(sys.argv) > 3 else "fit"
 if kind == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -23,7 +28,7 @@ if kind == "mirrored":
 
 import keras  # noqa: E402
 
-from cifar_helpers import devices, models, recipes  # noqa: E402
+from cifar_helpers import devices, loop, models, recipes  # noqa: E402
 
 REPLICAS = 2  # the distributed runs have two; the one-device run copies their recipe
 strategy = devices.choose_strategy(kind)
@@ -62,8 +67,12 @@ train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(
 with strategy.scope():
     model = models.resnet9(widths=(8, 16, 16, 32), augment=False, sync_batch_norm=True)
     recipes.compile_model(model, recipe, steps_per_epoch=len(train))
-# Keras' own fit, not training.fit: the multi-worker test records what Keras does.
-history = model.fit(train, epochs=recipe.epochs, verbose=0)
+if trainer == "loop":
+    run_dir = Path(out).with_suffix(".run")
+    # Validated on the training batches: the checkpoint needs a val_loss.
+    history = loop.fit(model, train, train, run_dir, recipe, verbose=0)
+else:
+    history = model.fit(train, epochs=recipe.epochs, verbose=0)
 np.savez(
     out,
     loss=np.array(history.history["loss"]),
