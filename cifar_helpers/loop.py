@@ -55,10 +55,9 @@ class WorkerLost(RuntimeError):
 
 
 def make_train_step(model, global_batch, jit_compile=False):
-    """One training step on every replica: ``step(images, labels)`` takes a
-    distributed batch and returns the loss of the global batch (its mean over
-    ``global_batch`` images) and the top-1 and top-5 hits and the images seen,
-    summed over the replicas."""
+    """A compiled step on every replica of the current strategy: ``step(images,
+    labels)`` returns the mean loss over the ``global_batch`` images, and the
+    top-1 hits, top-5 hits and images (see :func:`hits`), summed over replicas."""
     strategy = tf.distribute.get_strategy()
     loss_fn, optimizer = model.loss, model.optimizer
 
@@ -66,31 +65,30 @@ def make_train_step(model, global_batch, jit_compile=False):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
             per_image = loss_fn.call(labels, probs)  # one loss per image
-            # Divided by the global batch: the replicas' losses add up to its mean.
+            # Over the global batch: the replicas' losses add up to its mean.
             loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch)
-            if model.losses:  # regularisers, if a layer has any
+            if model.losses:  # the layers' own penalties, if any
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(loss)  # float16: times the loss scale
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)  # clip, sum, step
-        return loss, hits(labels, probs)
+        return loss, *hits(labels, probs)
 
     @tf.function(jit_compile=jit_compile)
     def step(images, labels):
-        loss, counts = strategy.run(replica_step, args=(images, labels))
-        total = lambda value: strategy.reduce("SUM", value, axis=None)  # noqa: E731
-        return total(loss), *(total(count) for count in counts)
+        values = strategy.run(replica_step, args=(images, labels))
+        return [strategy.reduce("SUM", value, axis=None) for value in values]
 
     return step
 
 
 def hits(labels, probs):
-    """Top-1 hits, top-5 hits and images in a batch, as float32 counts."""
+    """Top-1 hits, top-5 hits and images of a batch, as float32 counts."""
     labels = tf.cast(tf.reshape(labels, [-1]), "int32")
-    top1 = tf.cast(tf.argmax(probs, axis=-1, output_type="int32"), "int32") == labels
+    top1 = tf.argmax(probs, axis=-1, output_type="int32") == labels
     top5 = tf.math.in_top_k(labels, tf.cast(probs, "float32"), k=5)
-    count = lambda hit: tf.reduce_sum(tf.cast(hit, "float32"))  # noqa: E731
-    return count(top1), count(top5), tf.cast(tf.size(labels), "float32")
+    counted = (top1, top5, tf.ones_like(labels))
+    return [tf.reduce_sum(tf.cast(hit, "float32")) for hit in counted]
 
 
 def make_eval_step(model):
@@ -132,9 +130,10 @@ def average_moving_statistics(model):
     average()
 
 
-def _logs(sums, steps=None):
-    """``loss``, ``accuracy`` and ``top5`` from summed counts: the loss is a mean
-    over ``steps`` batch losses (training) or over the images (evaluation)."""
+def epoch_logs(sums, steps=None):
+    """``loss``, ``accuracy`` and ``top5`` from ``sums`` (summed loss, top-1 hits,
+    top-5 hits, images): the loss is a mean over ``steps`` batch losses
+    (training) or, without ``steps``, over the images (evaluation)."""
     loss, top1, top5, images = (float(value) for value in sums)
     return {
         "loss": loss / (steps if steps else images),
@@ -154,7 +153,7 @@ def evaluate(model, dataset, step=None) -> dict:
     sums = np.zeros(4)
     for images, labels in strategy.experimental_distribute_dataset(_sharded(dataset)):
         sums += [float(value) for value in step(images, labels)]
-    return _logs(sums)
+    return epoch_logs(sums)
 
 
 def _sharded(dataset):
@@ -205,7 +204,9 @@ def fit(model, train_ds, val_ds, run_dir, recipe=recipes.ORIGINAL, *, verbose=1)
         callbacks.on_train_begin()  # the backup, if any, restores the model here
         try:
             epochs = range(first_epoch, recipe.epochs)
-            logs = _epochs(model, step, eval_step, train, val_ds, callbacks, epochs)
+            logs = train_epochs(
+                model, step, eval_step, train, val_ds, callbacks, epochs
+            )
         except tf.errors.UnavailableError as error:  # a peer stopped responding
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             named = [line for line in lines if "unhealthy" in line or "task" in line]
@@ -219,8 +220,10 @@ def fit(model, train_ds, val_ds, run_dir, recipe=recipes.ORIGINAL, *, verbose=1)
         return history
 
 
-def _epochs(model, step, eval_step, train, val_ds, callbacks, epochs):
-    """The epochs ``epochs`` (a range) of :func:`fit`; returns the last one's logs."""
+def train_epochs(model, step, eval_step, train, val_ds, callbacks, epochs):
+    """Train the epochs ``epochs`` (a range) with the compiled ``step`` on the
+    distributed dataset ``train``, telling ``callbacks`` (a ``CallbackList``) what
+    ``fit`` tells them; return the last epoch's logs."""
     logs = None
     for epoch in epochs:
         callbacks.on_epoch_begin(epoch)
@@ -229,9 +232,9 @@ def _epochs(model, step, eval_step, train, val_ds, callbacks, epochs):
             callbacks.on_train_batch_begin(batch)
             sums += [float(value) for value in step(images, labels)]
             batches += 1
-            callbacks.on_train_batch_end(batch, _logs(sums, batches))
+            callbacks.on_train_batch_end(batch, epoch_logs(sums, batches))
         average_moving_statistics(model)
-        logs = _logs(sums, batches)
+        logs = epoch_logs(sums, batches)
         if val_ds is not None:
             val = evaluate(model, val_ds, eval_step)
             logs.update({f"val_{name}": value for name, value in val.items()})

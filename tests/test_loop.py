@@ -4,6 +4,9 @@ weights, into the same run-folder files. Across workers it is tested in
 ``tests/test_distribution.py`` and ``tests/test_multiworker.py``."""
 
 import dataclasses
+import inspect
+import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -76,3 +79,21 @@ def test_the_loop_writes_the_run_folder_fit_writes(both):
     assert training.run_finished(both["loop"][2])
     logged = training.read_history(both["loop"][2] / "history.csv")
     assert len(logged["loss"]) == RECIPE.epochs
+
+
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "07_scaling_and_the_training_loop.ipynb"
+
+
+@pytest.mark.parametrize("twin", [loop.hits, loop.make_train_step, loop.train_epochs])
+def test_notebook_07_writes_out_the_loop_the_package_runs(twin):
+    """The step and the epoch that notebook 07 writes out, cell for cell, are the
+    package's (one source of truth, as STYLE.md asks)."""
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    written = [
+        "".join(cell["source"]).strip()
+        for cell in cells
+        if cell["cell_type"] == "code"
+        and "".join(cell["source"]).startswith(f"def {twin.__name__}(")
+    ]
+    assert written == [inspect.getsource(twin).strip()]
