@@ -58,6 +58,10 @@ def fit(
     resumes bit for bit, as the training dataset is fast-forwarded to the epoch it
     resumes. Calling it on a folder whose training ended starts a new run there.
 
+    Across several workers (``MultiWorkerMirroredStrategy``) Keras' ``fit`` fails
+    (keras-team/keras#20585) and this refuses: :func:`cifar_helpers.loop.fit` takes
+    the same arguments and trains there.
+
     While it trains, ``run_dir`` is locked (:func:`cifar_helpers.lock.holding`):
     another process that trains into it is refused. A damaged or inconsistent
     folder raises :class:`cifar_helpers.resume.DamagedRunError` before training.
