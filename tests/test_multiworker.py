@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from cifar_helpers import synthetic
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 DIGEST = re.compile(r"weights digest ([0-9a-f]{16})")
@@ -47,7 +49,9 @@ def _start(out, config, log):
 
 
 def _cluster(out, logs, configs):
-    """Start both workers; return their processes."""
+    """Start both workers; return their processes. The synthetic archive is written
+    first, here: two workers writing it at once would share its partial file."""
+    synthetic.synthetic_archive_path()
     return [
         _start(out, config, logs / f"worker{index}.log")
         for index, config in enumerate(configs)
