@@ -27,7 +27,11 @@ Where it differs from ``fit``, on purpose or not:
   replicas (:func:`average_moving_statistics`), so that every worker validates
   and saves the same model; under ``fit`` each replica keeps its own and the
   saved model holds the first replica's;
-- it runs one step per call of the compiled step (``steps_per_execution`` is 1).
+- it runs one step per call of the compiled step (``steps_per_execution`` is 1);
+- across workers only the chief keeps the run (its folder and backup); the others
+  take its state when training starts and stop when it stops (see :func:`fit`), so
+  a restarted cluster resumes from the chief's last committed epoch even when a
+  worker was killed between the chief's commit and its own.
 
 Gradient clipping (the original recipe's ``global_clipnorm``) happens inside the
 Keras optimizer, as under ``fit``: Keras 3 clips each replica's share of the
@@ -46,7 +50,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cifar_helpers import lock, recipes, resume, training
+from cifar_helpers import devices, lock, recipes, resume, training
+from cifar_helpers.training import StopOnNaN
+
+# How TensorFlow reports a worker that stopped: its heartbeats missed, a collective
+# aborted or a socket closed (all seen as UnavailableError in our runs).
+_LOST_PEER = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+)
 
 
 class WorkerLost(RuntimeError):
@@ -130,6 +143,37 @@ def average_moving_statistics(model):
     average()
 
 
+def from_chief(strategy, values):
+    """``values`` (tensors, or variables) as the first replica holds them, the
+    chief's: on every worker, the same tensors. A broadcast, written as the sum
+    over replicas of the first replica's values and zeros elsewhere."""
+
+    @tf.function
+    def broadcast():
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            first = tf.equal(context.replica_id_in_sync_group, 0)
+            own = [tf.where(first, v, tf.zeros_like(v)) for v in values]
+            return [context.all_reduce("SUM", value) for value in own]  # any dtype
+
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    return broadcast()
+
+
+def follow_the_chief(model):
+    """Set every variable of ``model`` and its optimizer (weights, moving
+    statistics, random generators' states, the optimizer's moments and step) to
+    the chief's values. Across workers, only the chief keeps a run's state: a
+    worker restarted after a failure takes it from there."""
+    variables = {id(v): v for v in [*model.variables, *model.optimizer.variables]}
+    variables = list(variables.values())
+    for variable, value in zip(
+        variables, from_chief(model.distribute_strategy, variables), strict=True
+    ):
+        variable.assign(value)
+
+
 def epoch_logs(sums, steps=None):
     """``loss``, ``accuracy`` and ``top5`` from ``sums`` (summed loss, top-1 hits,
     top-5 hits, images): the loss is a mean over ``steps`` batch losses
@@ -176,19 +220,27 @@ def fit(model, train_ds, val_ds, run_dir, recipe=recipes.ORIGINAL, *, verbose=1)
     Called again with the same ``run_dir`` after an interruption, it resumes from
     the last committed epoch, replaying the training dataset's shuffles. The
     step is compiled with XLA when the recipe asks and the strategy allows it.
+
+    Across workers only the chief keeps the run: its callbacks write ``run_dir``
+    and its backup. The other workers run the schedules alone, take the chief's
+    state when training starts (:func:`follow_the_chief`: a restarted cluster
+    resumes from the chief's last committed epoch, whatever the others had
+    reached), stop when the chief stops, and end with the chief's weights.
     """
     strategy = model.distribute_strategy
+    workers, chief = devices.across_workers(strategy), devices.is_chief(strategy)
     with lock.holding(run_dir):
-        chosen = training.callbacks(model, run_dir, recipe)
-        backup = resume.committed_backup(run_dir)
-        first_epoch = backup["epoch"] if backup else 0
+        if chief:
+            chosen = training.callbacks(model, run_dir, recipe)
+            backup = resume.committed_backup(run_dir)
+        else:
+            chosen, backup = [*recipe.schedule_callbacks(model), StopOnNaN()], None
+        if workers:
+            chosen.append(_StopWithTheChief())  # last: after early stopping
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)  # its variables, here
             step = make_train_step(model, recipe.batch_size, model.jit_compile)
             eval_step = make_eval_step(model)
-        train = strategy.experimental_distribute_dataset(_sharded(train_ds))
-        for _ in range(first_epoch):  # the shuffles of the epochs already run
-            iter(train)
         steps = int(train_ds.cardinality())
         history = keras.callbacks.History()
         callbacks = keras.callbacks.CallbackList(
@@ -202,22 +254,41 @@ def fit(model, train_ds, val_ds, run_dir, recipe=recipes.ORIGINAL, *, verbose=1)
         )
         model.stop_training = False
         callbacks.on_train_begin()  # the backup, if any, restores the model here
+        first_epoch = backup["epoch"] if backup else 0
         try:
+            if workers:
+                follow_the_chief(model)
+                epoch = tf.constant(first_epoch, "int64")
+                first_epoch = int(from_chief(strategy, [epoch])[0])
+            train = strategy.experimental_distribute_dataset(_sharded(train_ds))
+            for _ in range(first_epoch):  # the shuffles of the epochs already run
+                iter(train)
             epochs = range(first_epoch, recipe.epochs)
             logs = train_epochs(
                 model, step, eval_step, train, val_ds, callbacks, epochs
             )
-        except tf.errors.UnavailableError as error:  # a peer stopped responding
+            callbacks.on_train_end(logs)
+            if workers:  # the chief's final weights (early stopping restores some)
+                follow_the_chief(model)
+        except _LOST_PEER as error:  # a peer stopped responding
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             named = [line for line in lines if "unhealthy" in line or "task" in line]
             reason = (named or lines or ["no reason given"])[0][:300]
             raise WorkerLost(
                 f"a worker of the cluster stopped ({reason}). Start every worker "
-                "again with the same command: the run resumes from its last "
-                f"committed epoch ({run_dir}/backup)."
+                "again with the same command: the run resumes from the chief's "
+                "last committed epoch."
             ) from None
-        callbacks.on_train_end(logs)
         return history
+
+
+class _StopWithTheChief(keras.callbacks.Callback):
+    """Across workers: after each epoch, every worker stops if the chief does."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        flag = tf.constant(float(self.model.stop_training))
+        stop = from_chief(self.model.distribute_strategy, [flag])[0]
+        self.model.stop_training = bool(stop > 0)
 
 
 def train_epochs(model, step, eval_step, train, val_ds, callbacks, epochs):
