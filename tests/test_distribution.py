@@ -132,6 +132,7 @@ def test_keras_fit_across_two_workers_fails_until_keras_fixes_it(tmp_path, tf_co
         assert code == 0, output[-3000:]
     first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     assert int(first["replicas"]) == int(second["replicas"]) == 2
+    assert bool(first["chief"]) and not bool(second["chief"])
     np.testing.assert_array_equal(first["loss"], second["loss"])
     for a, b in zip(_weights(first), _weights(second), strict=True):
         np.testing.assert_array_equal(a, b)
