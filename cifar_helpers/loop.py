@@ -133,32 +133,26 @@ def average_moving_statistics(model):
     floats = keras.backend.is_float_dtype
     statistics = [v for v in model.non_trainable_variables if floats(v.dtype)]
 
-    @tf.function
-    def average():
-        # Each replica's own copies, then their mean, set on every replica.
-        copies = strategy.run(lambda: [tf.identity(v.value) for v in statistics])
-        for variable, copy in zip(statistics, copies, strict=True):
-            variable.assign(strategy.reduce("MEAN", copy, axis=None))
-
-    average()
+    # Each replica's own copies, then their mean, set on every replica. Run eagerly:
+    # once an epoch, where a tf.function made here would be traced each time.
+    copies = strategy.run(lambda: [tf.identity(v.value) for v in statistics])
+    for variable, copy in zip(statistics, copies, strict=True):
+        variable.assign(strategy.reduce("MEAN", copy, axis=None))
 
 
 def from_chief(strategy, values):
     """``values`` (tensors, or variables) as the first replica holds them, the
     chief's: on every worker, the same tensors. A broadcast, written as the sum
-    over replicas of the first replica's values and zeros elsewhere."""
+    over replicas of the first replica's values and zeros elsewhere. Run eagerly: a
+    few calls a run, where a tf.function made here would be traced each time."""
 
-    @tf.function
-    def broadcast():
-        def replica_fn():
-            context = tf.distribute.get_replica_context()
-            first = tf.equal(context.replica_id_in_sync_group, 0)
-            own = [tf.where(first, v, tf.zeros_like(v)) for v in values]
-            return [context.all_reduce("SUM", value) for value in own]  # any dtype
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        own = [tf.where(first, v, tf.zeros_like(v)) for v in values]
+        return [context.all_reduce("SUM", value) for value in own]  # any dtype
 
-        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
-
-    return broadcast()
+    return strategy.experimental_local_results(strategy.run(replica_fn))[0]
 
 
 def follow_the_chief(model):
@@ -166,8 +160,7 @@ def follow_the_chief(model):
     statistics, random generators' states, the optimizer's moments and step) to
     the chief's values. Across workers, only the chief keeps a run's state: a
     worker restarted after a failure takes it from there."""
-    variables = {id(v): v for v in [*model.variables, *model.optimizer.variables]}
-    variables = list(variables.values())
+    variables = [*model.variables, *model.optimizer.variables]
     for variable, value in zip(
         variables, from_chief(model.distribute_strategy, variables), strict=True
     ):
